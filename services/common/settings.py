@@ -79,6 +79,7 @@ class VisionSettings(EncoderSettings):
     max_image_pixels: int = option(40_000_000, "Largest accepted width x height, checked before decoding.")
     min_image_side_px: int = option(8, "Smallest accepted width or height in pixels.")
     top_k: int = option(5, "Default number of labels Classify returns.")
+    decode_threads: int = option(2, "Threads that decode and preprocess images, off the event loop.")
 
 
 @dataclasses.dataclass(frozen=True)

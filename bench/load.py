@@ -1,0 +1,86 @@
+"""A small closed-loop load generator and the table printer every benchmark uses.
+
+``concurrency`` workers each send one request at a time; latencies are per request. The
+generator is asyncio-based so that, on a 2-core machine, the client takes as little CPU as
+possible from the server it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    label: str
+    concurrency: int
+    requests: int
+    items: int
+    errors: int
+    seconds: float
+    latencies_s: np.ndarray
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q) * 1000) if len(self.latencies_s) else float("nan")
+
+
+async def run_load(
+    label: str,
+    call: Callable[[int], Awaitable[int]],
+    *,
+    concurrency: int,
+    requests: int,
+    warmup_requests: int = 0,
+) -> LoadResult:
+    """Sends ``requests`` calls with ``concurrency`` in flight; ``call(i)`` returns items handled."""
+    for i in range(warmup_requests):
+        await call(i)
+    latencies: list[float] = []
+    counts = {"items": 0, "errors": 0}
+    next_index = iter(range(requests))
+
+    async def worker() -> None:
+        for i in next_index:
+            began = time.perf_counter()
+            try:
+                counts["items"] += await call(i)
+            except Exception:  # noqa: BLE001 - a benchmark counts failures, it does not stop on them
+                counts["errors"] += 1
+                continue
+            latencies.append(time.perf_counter() - began)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - began
+    return LoadResult(label, concurrency, requests, counts["items"], counts["errors"], seconds, np.array(latencies))
+
+
+def measure_in_process(forward: Callable[[Sequence], object], items: Sequence, batch_size: int, seconds: float = 3.0) -> float:
+    """Items/s of calling ``forward`` directly with batches of ``batch_size`` (the model's ceiling)."""
+    batch = [items[i % len(items)] for i in range(batch_size)]
+    forward(batch)
+    done = 0
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        forward(batch)
+        done += batch_size
+    return done / (time.perf_counter() - began)
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h) for h in header]] + [[f"{c:.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n## {title}")
+    for index, row in enumerate(cells):
+        print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if index == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -1,0 +1,163 @@
+"""The dynamic batcher: batching, failure isolation, overload, deadlines and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from services.common.batcher import DynamicBatcher
+from services.common.errors import DeadlineExceeded, InferenceError, InvalidInput, NotReady, Overloaded
+from services.common.metrics import ServiceMetrics
+
+
+def make_batcher(process, **kwargs) -> DynamicBatcher:
+    options = {"max_batch_size": 8, "max_queue_size": 64, **kwargs}
+    return DynamicBatcher(process, model="m", task="t", metrics=ServiceMetrics(), **options)
+
+
+class GatedModel:
+    """Doubles its inputs; blocks each forward pass until released, and records batch sizes."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.release.wait(5)
+        self.batches.append(list(items))
+        return [2 * x for x in items]
+
+
+async def test_concurrent_requests_share_forward_passes() -> None:
+    model = GatedModel()
+    batcher = make_batcher(model)
+    batcher.start()
+    model.release.clear()
+    first = asyncio.create_task(batcher.submit([0]))
+    await asyncio.sleep(0.05)  # the worker is now blocked inside the first forward pass
+    rest = [asyncio.create_task(batcher.submit([i])) for i in range(1, 7)]
+    await asyncio.sleep(0.05)
+    model.release.set()
+    results = await asyncio.gather(first, *rest)
+    await batcher.stop()
+    assert [list(r) for r in results] == [[2 * i] for i in range(7)]
+    assert model.batches[0] == [0]
+    assert sorted(model.batches[1]) == list(range(1, 7)), "requests queued during a pass share the next one"
+
+
+async def test_lone_request_does_not_wait_for_max_wait_when_greedy() -> None:
+    batcher = make_batcher(GatedModel(), max_wait_ms=0)
+    batcher.start()
+    began = time.perf_counter()
+    assert list(await batcher.submit([21])) == [42]
+    elapsed = time.perf_counter() - began
+    await batcher.stop()
+    assert elapsed < 0.5
+
+
+async def test_max_batch_size_and_cost_budget_split_batches() -> None:
+    model = GatedModel()
+    batcher = make_batcher(model, max_batch_size=4, cost=lambda x: x, max_batch_cost=10)
+    batcher.start()
+    model.release.clear()
+    blocker = asyncio.create_task(batcher.submit([0]))
+    await asyncio.sleep(0.05)
+    tasks = [asyncio.create_task(batcher.submit([v])) for v in (1, 1, 1, 1, 1, 9, 9)]
+    await asyncio.sleep(0.05)
+    model.release.set()
+    await asyncio.gather(blocker, *tasks)
+    await batcher.stop()
+    for batch in model.batches:
+        assert len(batch) <= 4
+        assert sum(batch) <= 10 or len(batch) == 1
+
+
+async def test_failing_batch_fails_only_its_requests_and_loop_continues() -> None:
+    def flaky(items: list[int]) -> list[int]:
+        if -1 in items:
+            raise RuntimeError("boom")
+        return items
+
+    batcher = make_batcher(flaky)
+    batcher.start()
+    with pytest.raises(InferenceError, match="RuntimeError: boom"):
+        await batcher.submit([-1])
+    assert list(await batcher.submit([5])) == [5]
+    await batcher.stop()
+
+
+async def test_domain_errors_from_the_model_pass_through() -> None:
+    def picky(items: list[int]) -> list[int]:
+        raise InvalidInput("item is not acceptable")
+
+    batcher = make_batcher(picky)
+    batcher.start()
+    with pytest.raises(InvalidInput, match="not acceptable"):
+        await batcher.submit([1])
+    await batcher.stop()
+
+
+async def test_wrong_output_count_is_an_inference_error() -> None:
+    batcher = make_batcher(lambda items: items[:-1])
+    batcher.start()
+    with pytest.raises(InferenceError, match="1 outputs for 2 inputs"):
+        await batcher.submit([1, 2])
+    await batcher.stop()
+
+
+async def test_full_queue_raises_overloaded() -> None:
+    model = GatedModel()
+    batcher = make_batcher(model, max_queue_size=4)
+    batcher.start()
+    model.release.clear()
+    running = asyncio.create_task(batcher.submit([0]))
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(batcher.submit([1, 2, 3, 4]))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded, match="retry later"):
+        await batcher.submit([5])
+    model.release.set()
+    await asyncio.gather(running, queued)
+    await batcher.stop()
+
+
+async def test_expired_and_cancelled_requests_are_dropped_before_the_forward_pass() -> None:
+    model = GatedModel()
+    batcher = make_batcher(model)
+    batcher.start()
+    model.release.clear()
+    running = asyncio.create_task(batcher.submit([0]))
+    await asyncio.sleep(0.05)
+    expiring = asyncio.create_task(batcher.submit([1], timeout_s=0.01))
+    cancelled = asyncio.create_task(batcher.submit([2]))
+    kept = asyncio.create_task(batcher.submit([3]))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    model.release.set()
+    await running
+    with pytest.raises(DeadlineExceeded):
+        await expiring
+    assert list(await kept) == [6]
+    await batcher.stop()
+    seen = [x for batch in model.batches for x in batch]
+    assert 1 not in seen and 2 not in seen
+
+
+async def test_stop_drains_queue_then_refuses_new_work() -> None:
+    model = GatedModel()
+    batcher = make_batcher(model)
+    batcher.start()
+    model.release.clear()
+    tasks = [asyncio.create_task(batcher.submit([i])) for i in range(5)]
+    await asyncio.sleep(0.02)
+    stopping = asyncio.create_task(batcher.stop())
+    await asyncio.sleep(0.02)
+    model.release.set()
+    await stopping
+    assert [list(await t) for t in tasks] == [[2 * i] for i in range(5)]
+    with pytest.raises(NotReady):
+        await batcher.submit([1])
