@@ -106,7 +106,9 @@ def decode_image(data: bytes, limits: ImageLimits, *, draft_side_px: int = 0) ->
         try:
             rgb = _to_rgb(image)
         except Exception as exc:  # noqa: BLE001
-            raise InvalidInput(f"could not convert {image.format} {image.mode} image to RGB: {_describe(exc)}") from None
+            raise InvalidInput(
+                f"could not convert {image.format} {image.mode} image to RGB: {_describe(exc)}"
+            ) from None
         return rgb
     finally:
         if rgb is not image:

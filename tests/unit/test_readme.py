@@ -9,7 +9,8 @@ from scripts.stack import ROOT
 def test_readme_starts_with_the_two_commands() -> None:
     text = (ROOT / "README.md").read_text()
     first_block = text.split("```", 2)[1]
-    commands = [line.strip() for line in first_block.splitlines()[1:] if line.strip() and not line.startswith("#")]
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines()[1:]]
+    commands = [c for c in commands if c]
     assert commands == ["make run", "make test"]
 
 
