@@ -6,6 +6,7 @@ benchmarks, so all three start the system the same way.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -40,10 +41,8 @@ def free_port() -> int:
 
 def _die_with_parent() -> None:
     """Child processes get SIGTERM if the launcher dies, so no server outlives a killed test run."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -56,6 +55,8 @@ class ServiceProcess:
     args: list[str]
     env: dict[str, str]
     log_path: Path
+    module: str = ""  # overrides the kind's module (tests run fault-injecting variants)
+    credentials: grpc.ChannelCredentials | None = field(default=None, repr=False)  # TLS to the service
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -69,7 +70,7 @@ class ServiceProcess:
     def spawn(self) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", MODULES[self.kind], *self.args],
+            [sys.executable, "-m", self.module or MODULES[self.kind], *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -96,7 +97,7 @@ class ServiceProcess:
                     return response.status == 200
             except OSError:
                 return False
-        return health_status(self.address) == health_pb2.HealthCheckResponse.SERVING
+        return health_status(self.address, credentials=self.credentials) == health_pb2.HealthCheckResponse.SERVING
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -126,8 +127,11 @@ class ServiceProcess:
         return self.spawn().wait_ready(timeout_s)
 
 
-def health_status(address: str, service: str = "", timeout_s: float = 1.0) -> int | None:
-    with grpc.insecure_channel(address) as channel:
+def health_status(
+    address: str, service: str = "", timeout_s: float = 1.0, credentials: grpc.ChannelCredentials | None = None
+) -> int | None:
+    channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
@@ -146,6 +150,8 @@ def start_service(
     log_dir: Path | None = None,
     wait: bool = True,
     timeout_s: float = 180.0,
+    module: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> ServiceProcess:
     """Starts one service on free ports (unless given) and, by default, waits until it serves."""
     port = port or free_port()
@@ -156,7 +162,7 @@ def start_service(
     full_args += list(args)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="mmserve-logs-"))
-    service = ServiceProcess(kind, port, metrics_port, full_args, full_env, log_dir / f"{kind}-{port}.log").spawn()
+    service = ServiceProcess(kind, port, metrics_port, full_args, full_env, log_dir / f"{kind}-{port}.log", module, credentials).spawn()
     if wait:
         try:
             service.wait_ready(timeout_s)
