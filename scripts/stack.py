@@ -198,6 +198,7 @@ def start_stack(
     heads_dir: str | None = None,
     log_dir: Path | None = None,
     timeout_s: float = 300.0,
+    modules: Mapping[str, str] | None = None,
 ) -> Stack:
     """Starts text and vision (loading in parallel), then fusion, then the gateway."""
     ports = ports or {}
@@ -213,6 +214,7 @@ def start_stack(
             log_dir=log_dir,
             wait=wait,
             timeout_s=timeout_s,
+            module=(modules or {}).get(kind, ""),
         )
         started.append(service)
         return service
