@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from scripts.stack import Stack, start_stack
-from tests.support.processes import tree_rss_bytes
+from scripts.procfs import tree_rss_bytes
 
 
 @dataclass(frozen=True)

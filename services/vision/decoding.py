@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +52,8 @@ _KNOWN_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
 
 _LOGGER = logging.getLogger(__name__)
 
+_PILLOW_BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
+
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
@@ -72,13 +76,14 @@ class ImageLimits:
 
 
 def configure_pillow(limits: ImageLimits) -> None:
-    """Aligns Pillow's own process-wide bomb guard with ours; called once at service start.
+    """Makes Pillow's own process-wide bomb guard agree with ours; called once at service start.
 
-    Pillow warns above ``MAX_IMAGE_PIXELS`` and raises DecompressionBombError above twice that,
-    during ``Image.open``. With the limit at ours, anything Pillow flags is refused by
-    ``decode_image`` too (it turns both the warning and the error into InvalidInput).
+    Pillow warns above ``MAX_IMAGE_PIXELS`` and raises above twice that, inside
+    ``Image.open``. With its limit at ours and its warning turned into an error, every image
+    Pillow flags is refused (``decode_image`` reports both as InvalidInput), never just logged.
     """
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
 def decode_image(data: bytes, limits: ImageLimits, *, draft_side_px: int = 0) -> Image.Image:
@@ -92,7 +97,7 @@ def decode_image(data: bytes, limits: ImageLimits, *, draft_side_px: int = 0) ->
         raise InvalidInput("image is empty (0 bytes)")
     if len(data) > limits.max_image_bytes:
         raise InvalidInput(f"image is {len(data)} bytes; the limit is {limits.max_image_bytes} bytes")
-    image = _open(data)
+    image = _open(data, limits)
     rgb: Image.Image | None = None
     try:
         _check_dimensions(image, limits)
@@ -101,7 +106,7 @@ def decode_image(data: bytes, limits: ImageLimits, *, draft_side_px: int = 0) ->
         try:
             image.load()
         except Exception as exc:  # noqa: BLE001 - any decoder failure is the input's fault
-            raise _unreadable(image.format, exc) from None
+            raise _unreadable(image.format, exc, limits) from None
         _apply_exif_orientation(image)
         try:
             rgb = _to_rgb(image)
@@ -115,18 +120,21 @@ def decode_image(data: bytes, limits: ImageLimits, *, draft_side_px: int = 0) ->
             image.close()
 
 
-def _open(data: bytes) -> Image.ImageFile.ImageFile:
+def _open(data: bytes, limits: ImageLimits) -> Image.ImageFile.ImageFile:
     try:
         return Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInput(f"image refused as a decompression bomb: {exc}") from None
+        raise _bomb(exc, limits) from None
     except Image.UnidentifiedImageError:
         known = _sniff_format(data)
         if known is not None:
             raise InvalidInput(f"unsupported image format {known}; supported: {_SUPPORTED_TEXT}") from None
         raise InvalidInput(f"could not read image: not a recognised {_SUPPORTED_TEXT} file") from None
     except Exception as exc:  # noqa: BLE001 - a malformed header may raise nearly anything
-        raise InvalidInput(f"could not read image: {_describe(exc)}") from None
+        text = _describe(exc)
+        if "truncated" in text.lower() or isinstance(exc, EOFError):
+            raise InvalidInput(f"image is truncated or incomplete: {text}") from None
+        raise InvalidInput(f"could not read image: {text}") from None
 
 
 def _sniff_format(data: bytes) -> str | None:
@@ -152,9 +160,17 @@ def _check_dimensions(image: Image.Image, limits: ImageLimits) -> None:
         )
 
 
-def _unreadable(image_format: str | None, exc: Exception) -> InvalidInput:
-    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+def _bomb(exc: Exception, limits: ImageLimits) -> InvalidInput:
+    """Pillow's guard fired before ours could: say the same as ours would, if its message allows."""
+    found = _PILLOW_BOMB_PIXELS.search(str(exc))
+    if found is None:
         return InvalidInput(f"image refused as a decompression bomb: {exc}")
+    return InvalidInput(f"image is {found.group(1)} pixels; the limit is {limits.max_image_pixels} pixels")
+
+
+def _unreadable(image_format: str | None, exc: Exception, limits: ImageLimits) -> InvalidInput:
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return _bomb(exc, limits)
     text = _describe(exc)
     if "truncated" in text.lower() or isinstance(exc, EOFError):
         return InvalidInput(f"{image_format} image is truncated or incomplete: {text}")

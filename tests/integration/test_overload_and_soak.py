@@ -10,7 +10,7 @@ import pytest
 
 from bench.soak import soak
 from scripts.stack import ServiceProcess, Stack, start_service
-from tests.support.processes import rss_bytes, tree_rss_bytes
+from scripts.procfs import rss_bytes, tree_rss_bytes
 from tests.support.traffic import post_json
 
 
