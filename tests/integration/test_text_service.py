@@ -169,3 +169,12 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(log_dir) -> None:
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
     finally:
         service.stop()
+
+
+def test_reflection_and_named_health_are_served(text_service: ServiceProcess) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(text_service.address) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"mmserve.v1.TextEncoderService", "grpc.health.v1.Health"} <= services
+    assert health_status(text_service.address, "mmserve.v1.TextEncoderService") == 1
