@@ -1,0 +1,59 @@
+"""The default EfficientNet-Lite0 backend in-process: pooling, head and labels as the model defines them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from services.vision.efficientnet_lite import EfficientNetLiteBackend, imagenet_labels
+
+
+@pytest.fixture(scope="module")
+def backend() -> EfficientNetLiteBackend:
+    loaded = EfficientNetLiteBackend(device="cpu", dtype="float32")
+    loaded.description = loaded.load()
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def batch(backend: EfficientNetLiteBackend) -> np.ndarray:
+    rng = np.random.default_rng(11)
+    pictures = [
+        Image.fromarray(rng.integers(0, 256, (180 + 20 * i, 240, 3), dtype=np.uint8)) for i in range(3)
+    ]
+    return np.stack([backend.preprocess(picture) for picture in pictures])
+
+
+def test_description(backend: EfficientNetLiteBackend) -> None:
+    description = backend.description
+    assert description.model_id == "efficientnet-lite0" and description.embedding_dim == 1280
+    assert (description.device, description.dtype) == ("cpu", "float32")
+    assert description.revision.startswith("sha256:") and len(description.labels) == 1000
+    assert description.labels[1] == "goldfish" and description.labels == tuple(imagenet_labels())
+
+
+def test_head_on_the_pooled_features_is_the_models_own_forward(backend, batch) -> None:
+    # The embedding is the vector the model's classifier reads: same pooling, nothing after it.
+    with torch.inference_mode():
+        own = backend._model(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(backend.logits(batch).numpy(), own, atol=1e-4)
+
+
+def test_embeddings_are_the_normalised_pooled_features(backend, batch) -> None:
+    vectors = backend.embed(batch)
+    assert vectors.shape == (3, 1280) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    with torch.inference_mode():
+        features = backend._model.extract_features(torch.from_numpy(batch)).mean(dim=(2, 3))
+    expected = torch.nn.functional.normalize(features, dim=1).numpy()
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_classify_is_softmax_top_k(backend, batch) -> None:
+    probabilities = torch.softmax(backend.logits(batch), dim=-1).numpy()
+    for row, expected in zip(backend.classify(batch, top_k=4), probabilities, strict=True):
+        order = np.argsort(-expected)[:4]
+        assert [label for label, _ in row] == [backend.description.labels[i] for i in order]
+        np.testing.assert_allclose([score for _, score in row], expected[order], atol=1e-5)
