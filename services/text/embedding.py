@@ -76,11 +76,16 @@ class TextEmbedder:
         kwargs = {"revision": self._revision} if self._revision else {}
         config = AutoConfig.from_pretrained(self._source, **kwargs)
         self._tokenizer = AutoTokenizer.from_pretrained(self._source, **kwargs)
-        if config.model_type == "clip":
+        if config.model_type in ("clip", "clip_text_model"):
             from transformers import CLIPTextModelWithProjection
 
             self._is_clip = True
-            model = CLIPTextModelWithProjection.from_pretrained(self._source, **kwargs)
+            text_config = config
+            if config.model_type == "clip":
+                # A full CLIP checkpoint keeps projection_dim on the top-level config only.
+                text_config = config.text_config
+                text_config.projection_dim = config.projection_dim
+            model = CLIPTextModelWithProjection.from_pretrained(self._source, config=text_config, **kwargs)
             dim = model.config.projection_dim
             limit = int(model.config.max_position_embeddings)
         else:

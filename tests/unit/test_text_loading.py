@@ -60,3 +60,31 @@ def test_inputs_over_the_model_limit_are_truncated_and_flagged(tiny_bert: Path) 
 def test_unknown_pooling_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown pooling"):
         TextEmbedder(pooling="max")
+
+
+def test_full_clip_checkpoint_serves_its_projected_text_tower(tmp_path: Path) -> None:
+    import json
+
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizerFast
+
+    tokens = ["<|startoftext|>", "<|endoftext|>", "a</w>", "cat</w>", "photo</w>", "of</w>", "c", "a", "t"]
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizerFast(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"))
+    tokenizer.save_pretrained(tmp_path)
+    text = {"vocab_size": len(tokens), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
+            "pad_token_id": 1}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)).eval()
+    clip.save_pretrained(tmp_path)
+
+    embedder = TextEmbedder(str(tmp_path))
+    assert embedder.load().embedding_dim == 24
+    served = embedder.embed(["a photo of a cat"]).vectors[0]
+    with torch.no_grad():
+        expected = clip.get_text_features(**tokenizer(["a photo of a cat"], return_tensors="pt"))
+    expected = getattr(expected, "pooler_output", expected)[0]
+    np.testing.assert_allclose(served, (expected / expected.norm()).numpy(), atol=1e-5)
