@@ -52,11 +52,12 @@ async def run_load(
         for i in next_index:
             began = time.perf_counter()
             try:
-                counts["items"] += await call(i)
+                handled = await call(i)  # awaited before the += so concurrent workers never lose counts
             except Exception:  # noqa: BLE001 - a benchmark counts failures, it does not stop on them
                 counts["errors"] += 1
                 continue
             latencies.append(time.perf_counter() - began)
+            counts["items"] += handled
 
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
