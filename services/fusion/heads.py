@@ -189,7 +189,12 @@ def parse_manifest(data: Any, where: str = "<memory>") -> HeadManifest:
     except ValueError as exc:
         raise _fail(where, str(exc)) from None
     for key, value in config.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise _fail(where, f"config.{key} must be a non-negative number, got {value!r}")
     if int(config["fused_dim"]) < 1 or config["fused_dim"] != int(config["fused_dim"]):
         raise _fail(where, f"config.fused_dim must be a positive integer, got {config['fused_dim']!r}")
@@ -245,7 +250,9 @@ def _as_mask(mask: np.ndarray | Sequence[bool] | None, n: int, has_array: bool, 
         return np.full(n, has_array, dtype=bool)
     mask = np.asarray(mask)
     if mask.dtype != np.bool_ or mask.shape != (n,):
-        raise InvalidInput(f"{modality}_mask must be a bool array of shape [{n}], got {mask.dtype} {list(mask.shape)}")
+        raise InvalidInput(
+            f"{modality}_mask must be a bool array of shape [{n}], got {mask.dtype} {list(mask.shape)}"
+        )
     if not has_array and mask.any():
         raise InvalidInput(f"{modality}_mask marks rows present but no {modality} embeddings were given")
     return mask
@@ -290,7 +297,9 @@ class Head:
             raise InvalidInput(f"rows {empty[:10].tolist()} have neither text nor image")
         # Absent rows may hold anything (NaN included); only present rows must be finite.
         text = np.zeros((n, dims["text"]), np.float32) if text is None else np.where(t_mask[:, None], text, 0)
-        image = np.zeros((n, dims["image"]), np.float32) if image is None else np.where(i_mask[:, None], image, 0)
+        image = (
+            np.zeros((n, dims["image"]), np.float32) if image is None else np.where(i_mask[:, None], image, 0)
+        )
         if not (np.isfinite(text).all() and np.isfinite(image).all()):
             raise InvalidInput("embeddings contain NaN or infinity")
         return (
@@ -392,7 +401,10 @@ def load_head(path: Path | str) -> Head:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise _fail(where, f"weights do not fit strategy {manifest.strategy!r}: missing {missing}, unexpected {unexpected}")
+        raise _fail(
+            where,
+            f"weights do not fit strategy {manifest.strategy!r}: missing {missing}, unexpected {unexpected}",
+        )
     for key, shape in expected.items():
         if tuple(state[key].shape) != shape:
             raise _fail(
@@ -467,7 +479,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------- encoder compatibility
 
 
-def check_compatible(manifest: HeadManifest, text_info: EncoderInfo | None, image_info: EncoderInfo | None) -> None:
+def check_compatible(
+    manifest: HeadManifest, text_info: EncoderInfo | None, image_info: EncoderInfo | None
+) -> None:
     """Refuses a head whose training encoders differ from the serving ones (IncompatibleHead).
 
     Only the modalities the head reads are checked. A revision is compared when both sides

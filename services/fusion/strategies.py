@@ -44,7 +44,9 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class FusionModule(nn.Module):
     """Base class: records the dims every strategy has."""
 
-    def __init__(self, text_dim: int, image_dim: int, fused_dim: int, hidden_dim: int, dropout: float) -> None:
+    def __init__(
+        self, text_dim: int, image_dim: int, fused_dim: int, hidden_dim: int, dropout: float
+    ) -> None:
         super().__init__()
         self.text_dim = text_dim
         self.image_dim = image_dim
@@ -98,7 +100,9 @@ class ConcatMLPFusion(FusionModule):
         )
 
     def forward(self, text, image, text_mask, image_mask):
-        text_in = torch.where(text_mask.unsqueeze(-1), self.norm_text(_masked(text, text_mask)), self.missing_text)
+        text_in = torch.where(
+            text_mask.unsqueeze(-1), self.norm_text(_masked(text, text_mask)), self.missing_text
+        )
         image_in = torch.where(
             image_mask.unsqueeze(-1), self.norm_image(_masked(image, image_mask)), self.missing_image
         )
@@ -125,7 +129,9 @@ class GatedFusion(FusionModule):
         only_image = (image_mask & ~text_mask).unsqueeze(-1)
         gate = torch.where(only_text, torch.ones_like(gate), gate)
         gate = torch.where(only_image, torch.zeros_like(gate), gate)
-        fused = gate * torch.tanh(self.proj_text(text_in)) + (1 - gate) * torch.tanh(self.proj_image(image_in))
+        fused = gate * torch.tanh(self.proj_text(text_in)) + (1 - gate) * torch.tanh(
+            self.proj_image(image_in)
+        )
         neither = ~(text_mask | image_mask)
         return self.dropout(_masked(fused, ~neither))
 
@@ -252,7 +258,9 @@ def resolve_config(strategy: str, config: dict) -> dict:
     defaults = DEFAULT_ALIGNMENT_CONFIG if strategy == ALIGNMENT_STRATEGY else DEFAULT_CONFIG
     unknown = sorted(set(config) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown config keys for strategy {strategy!r}: {unknown}; known: {sorted(defaults)}")
+        raise ValueError(
+            f"unknown config keys for strategy {strategy!r}: {unknown}; known: {sorted(defaults)}"
+        )
     return {**defaults, **config}
 
 
@@ -268,4 +276,6 @@ def build_model(
     fusion = FUSION_STRATEGIES[strategy](
         text_dim, image_dim, int(merged["fused_dim"]), int(merged["hidden_dim"]), float(merged["dropout"])
     )
-    return FusionClassifier(fusion, num_labels, hidden_dim=int(merged["hidden_dim"]), dropout=float(merged["dropout"]))
+    return FusionClassifier(
+        fusion, num_labels, hidden_dim=int(merged["hidden_dim"]), dropout=float(merged["dropout"])
+    )

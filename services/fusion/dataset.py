@@ -1,0 +1,173 @@
+"""Training data for heads: JSONL rows -> embedded arrays, and deterministic stratified splits.
+
+Each JSONL line is an object with ``text`` (string or null), ``image`` and ``label`` (string;
+required for classification). ``image`` is one of: a path relative to the JSONL file (or
+absolute) ending in .png/.jpg/.jpeg/.webp/.gif, a ``data:image/...;base64,`` URL, raw base64,
+or null. A row may lack one modality; it then trains with that modality masked out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from services.fusion.embedders import Embedder
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+
+
+class DataError(ValueError):
+    """A training file is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str | None
+    image: bytes | None
+    label: str | None
+
+
+@dataclass(frozen=True)
+class EmbeddedSet:
+    """Embeddings of a list of examples; absent modalities are zero rows with a False mask."""
+
+    text: np.ndarray  # [N, Dt] float32
+    image: np.ndarray  # [N, Di] float32
+    text_mask: np.ndarray  # [N] bool
+    image_mask: np.ndarray  # [N] bool
+    labels: tuple[str | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def _read_image(value: str, base_dir: Path, where: str) -> bytes:
+    if value.startswith("data:"):
+        header, _, payload = value.partition(",")
+        if ";base64" not in header or not payload:
+            raise DataError(f"{where}: image data URL must be base64-encoded (data:image/png;base64,...)")
+        return _b64(payload, where)
+    if value.lower().endswith(IMAGE_SUFFIXES):
+        path = Path(value) if Path(value).is_absolute() else base_dir / value
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{where}: cannot read image {path}: {exc.strerror or exc}") from None
+    return _b64(value, where)
+
+
+def _b64(payload: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise DataError(
+            f"{where}: image is neither a path ending in {'/'.join(IMAGE_SUFFIXES)} nor valid base64"
+        ) from None
+
+
+def read_jsonl(path: Path | str, require_label: bool = True) -> list[Example]:
+    """Parses a training file; raises DataError naming the first bad line."""
+    path = Path(path)
+    examples = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not valid JSON: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: each line must be a JSON object")
+            text, image, label = row.get("text"), row.get("image"), row.get("label")
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"{where}: text must be a string or null")
+            if image is not None and not isinstance(image, str):
+                raise DataError(f"{where}: image must be a string (path, data URL or base64) or null")
+            if label is not None and not (isinstance(label, str) and label):
+                raise DataError(f"{where}: label must be a non-empty string")
+            if require_label and label is None:
+                raise DataError(f"{where}: missing label")
+            if text is None and image is None:
+                raise DataError(f"{where}: a row needs text, image or both")
+            image_bytes = _read_image(image, path.parent, where) if image is not None else None
+            examples.append(Example(text, image_bytes, label))
+    if not examples:
+        raise DataError(f"{path}: no examples")
+    return examples
+
+
+def file_sha256(path: Path | str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def embed_examples(
+    examples: Sequence[Example], embedder: Embedder, chunk_size: int = 64, progress: bool = True
+) -> EmbeddedSet:
+    """Embeds every present text and image, in chunks (the progress bar advances per chunk)."""
+    n = len(examples)
+    text = np.zeros((n, embedder.text_info.embedding_dim), dtype=np.float32)
+    image = np.zeros((n, embedder.image_info.embedding_dim), dtype=np.float32)
+    text_rows = np.array([i for i, e in enumerate(examples) if e.text is not None], dtype=np.int64)
+    image_rows = np.array([i for i, e in enumerate(examples) if e.image is not None], dtype=np.int64)
+    with tqdm(
+        total=len(text_rows) + len(image_rows),
+        desc="embedding",
+        unit="item",
+        disable=None if progress else True,
+    ) as bar:
+        for start in range(0, len(text_rows), chunk_size):
+            rows = text_rows[start : start + chunk_size]
+            text[rows] = embedder.embed_texts([examples[i].text for i in rows])
+            bar.update(len(rows))
+        for start in range(0, len(image_rows), chunk_size):
+            rows = image_rows[start : start + chunk_size]
+            image[rows] = embedder.embed_images([examples[i].image for i in rows])
+            bar.update(len(rows))
+    text_mask = np.zeros(n, dtype=bool)
+    text_mask[text_rows] = True
+    image_mask = np.zeros(n, dtype=bool)
+    image_mask[image_rows] = True
+    return EmbeddedSet(text, image, text_mask, image_mask, tuple(e.label for e in examples))
+
+
+def split_indices(
+    labels: Sequence[str | None], val_fraction: float, test_fraction: float, seed: int
+) -> Splits:
+    """Stratified (per label) train/val/test split, deterministic given the labels and seed.
+
+    Each label contributes round(fraction * count) rows to val and test, so small classes are
+    represented in every split when they can be.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+    rng = np.random.default_rng(seed)
+    groups: dict[str | None, list[int]] = {}
+    for index, label in enumerate(labels):
+        groups.setdefault(label, []).append(index)
+    train, val, test = [], [], []
+    for label in sorted(groups, key=lambda x: (x is None, x or "")):
+        rows = np.array(groups[label])
+        rng.shuffle(rows)
+        n_test = int(round(test_fraction * len(rows)))
+        n_val = int(round(val_fraction * len(rows)))
+        test.extend(rows[:n_test])
+        val.extend(rows[n_test : n_test + n_val])
+        train.extend(rows[n_test + n_val :])
+    return Splits(*(np.sort(np.array(part, dtype=np.int64)) for part in (train, val, test)))

@@ -1,0 +1,158 @@
+"""Text + image embeddings for training heads: one small interface, in-process or over gRPC.
+
+``InProcessEmbedder`` loads the same backends the encoder services run (no servers needed);
+``GrpcEmbedder`` asks running encoder services, so a head is trained on exactly what serving
+will feed it. Both report which encoder models they use; heads record that and the fusion
+service refuses heads trained on other encoders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+import numpy as np
+
+from mmserve.v1 import common_pb2, text_pb2, text_pb2_grpc, vision_pb2, vision_pb2_grpc
+from services.common.channels import ChannelSecurity, create_channel
+from services.common.errors import InvalidInput, MmserveError, NotReady
+from services.common.matrix import from_matrix
+from services.common.settings import VisionSettings
+from services.vision.decoding import ImageLimits, decode_image
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """Which encoder produced a set of embeddings (what a head records and is checked against)."""
+
+    model_id: str
+    revision: str
+    embedding_dim: int
+
+
+class Embedder(Protocol):
+    text_info: EncoderInfo
+    image_info: EncoderInfo
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """[len(texts), text_info.embedding_dim] float32."""
+        ...
+
+    def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
+        """Encoded image files -> [len(images), image_info.embedding_dim] float32."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _stack(parts: list[np.ndarray], dim: int) -> np.ndarray:
+    if not parts:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+class InProcessEmbedder:
+    """Runs the text and vision backends in this process (CPU by default)."""
+
+    def __init__(
+        self,
+        text_model: str = "",
+        vision_model: str = "",
+        device: str = "cpu",
+        batch_size: int = 32,
+    ) -> None:
+        # Imported here: torch and transformers load only when this embedder is chosen.
+        from services.text.embedding import TextEmbedder
+        from services.vision.backend import create_backend
+
+        self._limits = ImageLimits()
+        self._batch_size = batch_size
+        self._text = TextEmbedder(text_model, device=device, dtype="float32")
+        text = self._text.load()
+        self._vision = create_backend(VisionSettings(model=vision_model, device=device, dtype="float32"))
+        image = self._vision.load()
+        self.text_info = EncoderInfo(text.model_id, text.revision, text.embedding_dim)
+        self.image_info = EncoderInfo(image.model_id, image.revision, image.embedding_dim)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        parts = [self._text.embed(list(batch)).vectors for batch in _batches(texts, self._batch_size)]
+        return _stack(parts, self.text_info.embedding_dim)
+
+    def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
+        parts = []
+        for batch in _batches(images, self._batch_size):
+            pixels = np.stack([self._vision.preprocess(decode_image(data, self._limits)) for data in batch])
+            parts.append(self._vision.embed(pixels))
+        return _stack(parts, self.image_info.embedding_dim)
+
+    def close(self) -> None:
+        pass
+
+
+class GrpcEmbedder:
+    """Calls running TextEncoderService and VisionEncoderService instances, in batches."""
+
+    def __init__(
+        self,
+        text_address: str,
+        vision_address: str,
+        deadline_s: float = 60.0,
+        batch_size: int = 32,
+        security: ChannelSecurity | None = None,
+    ) -> None:
+        self._deadline_s = deadline_s
+        self._batch_size = batch_size
+        self._channels = [create_channel(text_address, security), create_channel(vision_address, security)]
+        self._text = text_pb2_grpc.TextEncoderServiceStub(self._channels[0])
+        self._vision = vision_pb2_grpc.VisionEncoderServiceStub(self._channels[1])
+        self._addresses = {"text": text_address, "image": vision_address}
+        request = common_pb2.GetModelInfoRequest()
+        text = self._call("text", self._text.GetModelInfo, request)
+        image = self._call("image", self._vision.GetModelInfo, request)
+        self.text_info = EncoderInfo(text.model_id, text.revision, text.embedding_dim)
+        self.image_info = EncoderInfo(image.model_id, image.revision, image.embedding_dim)
+
+    def _call(self, modality: str, method, request):
+        try:
+            return method(request, timeout=self._deadline_s, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            where = f"{modality} encoder at {self._addresses[modality]}"
+            message = f"{where}: {exc.code().name}: {exc.details()}"
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidInput(message) from None
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise NotReady(message) from None
+            raise MmserveError(message) from None
+
+    def _decode(self, matrix, rows: int, dim: int, modality: str) -> np.ndarray:
+        array = from_matrix(matrix)
+        if array.shape != (rows, dim):
+            raise MmserveError(
+                f"{modality} encoder returned shape {list(array.shape)}, expected [{rows}, {dim}]"
+            )
+        return array
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        parts = []
+        for batch in _batches(texts, self._batch_size):
+            reply = self._call("text", self._text.Embed, text_pb2.EmbedTextRequest(texts=list(batch)))
+            parts.append(self._decode(reply.embeddings, len(batch), self.text_info.embedding_dim, "text"))
+        return _stack(parts, self.text_info.embedding_dim)
+
+    def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
+        parts = []
+        for batch in _batches(images, self._batch_size):
+            reply = self._call("image", self._vision.Embed, vision_pb2.EmbedImageRequest(images=list(batch)))
+            parts.append(self._decode(reply.embeddings, len(batch), self.image_info.embedding_dim, "image"))
+        return _stack(parts, self.image_info.embedding_dim)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
