@@ -58,3 +58,11 @@ def status_code_for(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, MmserveError):
         return exc.code
     return grpc.StatusCode.INTERNAL
+
+
+class UpstreamError(MmserveError):
+    """A downstream service's failure, passed through to the caller with its own status code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
