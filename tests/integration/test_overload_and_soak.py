@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from bench.soak import soak
-from scripts.stack import ServiceProcess, Stack, start_service
 from scripts.procfs import rss_bytes, tree_rss_bytes
+from scripts.stack import ServiceProcess, Stack, start_service
 from tests.support.traffic import post_json
 
 

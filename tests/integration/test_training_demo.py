@@ -25,7 +25,6 @@ from services.fusion.train import TrainConfig, train_classifier
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-N_IMAGES = 1200
 
 
 def _run(args: list[str]) -> str:
@@ -37,33 +36,14 @@ def _run(args: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("training")
+def workdir(demo_workdir: Path) -> Path:
+    return demo_workdir
 
 
 @pytest.fixture(scope="module")
-def demo(workdir: Path) -> Path:
-    demo_data.generate(workdir / "demo", n=N_IMAGES, seed=0)
-    return workdir / "demo"
-
-
-@pytest.fixture(scope="module")
-def heads(workdir: Path, demo: Path) -> Path:
-    """`python -m services.fusion.train --data <demo dir>`: the match, shape_colour and align heads."""
-    out = _run(
-        [
-            "services.fusion.train",
-            "--data",
-            str(demo),
-            "--out",
-            str(workdir / "heads"),
-            "--cache-dir",
-            str(workdir / "cache"),
-            "--quiet",
-        ]  # fmt: skip
-    )
-    print(out)
-    return workdir / "heads"
+def heads(demo_heads: Path) -> Path:
+    """The heads `python -m services.fusion.train --data <demo dir>` trained (tests/conftest.py)."""
+    return demo_heads
 
 
 @pytest.fixture(scope="module")
