@@ -1,0 +1,67 @@
+"""Runs the gateway under gunicorn: ``python -m gateway [--flags]`` (env MMSERVE_GATEWAY_*).
+
+Threads (gthread) suit a gateway that mostly waits on gRPC. No preload: each worker builds
+its app, and so its gRPC channels, after the fork (grpc's fork-support rule).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+from gunicorn.app.base import BaseApplication
+
+from services.common.logs import configure_logging
+from services.common.settings import GatewaySettings, load_settings
+
+
+class GatewayServer(BaseApplication):
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self._settings
+        for key, value in {
+            "bind": f"{s.host}:{s.port}",
+            "workers": s.workers,
+            "threads": s.threads,
+            "worker_class": "gthread",
+            "graceful_timeout": 10,
+            "timeout": int(s.deadline_s) + 30,
+            "keepalive": 30,
+            "accesslog": None,
+            "loglevel": s.log_level.lower(),
+            "child_exit": _mark_worker_dead,
+        }.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from gateway.app import create_app
+
+        configure_logging("gateway", self._settings.log_level)
+        return create_app(self._settings)
+
+
+def _mark_worker_dead(_server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(GatewaySettings, sys.argv[1:] if argv is None else argv)
+    configure_logging("gateway", settings.log_level)
+    # Several workers share one metrics view through files in a fresh directory.
+    metrics_dir = tempfile.mkdtemp(prefix="mmserve-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        GatewayServer(settings).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
