@@ -11,6 +11,7 @@ from flask import Flask, Response, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from gateway.errors import ApiError, error_response
+from gateway.image_urls import ImageUrlFetcher
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import openapi_document
 from gateway.routes import v1
@@ -35,6 +36,9 @@ def create_app(settings: GatewaySettings | None = None, metrics: GatewayMetrics 
     app.json.sort_keys = False
     app.extensions["mmserve.settings"] = settings
     app.extensions["mmserve.upstreams"] = Upstreams(settings, metrics)
+    app.extensions["mmserve.image_urls"] = ImageUrlFetcher(
+        settings.image_url_allowlist, settings.image_url_timeout_s, settings.image_url_max_bytes
+    )
     api_keys = [k.strip().encode() for k in settings.api_keys.split(",") if k.strip()]
 
     @app.before_request

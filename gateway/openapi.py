@@ -8,7 +8,11 @@ STR = {"type": "string"}
 NUM = {"type": "number"}
 INT = {"type": "integer"}
 STR_LIST = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
-IMAGE = {"type": "string", "description": "base64-encoded image file (PNG, JPEG, WebP, GIF) or a base64 data URL"}
+IMAGE = {
+    "type": "string",
+    "description": "base64-encoded image file (PNG, JPEG, WebP, GIF), a base64 data URL, or an http(s) URL "
+    "when the gateway has an image URL allow-list (public hosts on the list only)",
+}
 IMAGE_LIST = {"type": "array", "items": IMAGE, "minItems": 1}
 MATRIX = {"type": "array", "items": {"type": "array", "items": NUM}}
 LABEL_SCORE = {"type": "object", "properties": {"label": STR, "score": NUM}, "required": ["label", "score"]}

@@ -8,6 +8,7 @@ import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from gateway.errors import invalid
+from gateway.image_urls import ImageUrlFetcher
 from gateway.upstreams import Upstreams
 from gateway.validation import (
     check_text,
@@ -33,6 +34,12 @@ def _upstreams() -> Upstreams:
 def _limit() -> int:
     settings: GatewaySettings = current_app.extensions["mmserve.settings"]
     return settings.max_items_per_request
+
+
+def _fetch_url():
+    """The image URL fetcher when URL fetching is enabled; None makes URLs a clear 400."""
+    fetcher: ImageUrlFetcher = current_app.extensions["mmserve.image_urls"]
+    return fetcher.fetch if fetcher.enabled else None
 
 
 def _rows(matrix: common_pb2.Float32Matrix) -> list[list[float]]:
@@ -73,7 +80,7 @@ def openai_embeddings() -> Response:
             check_text(item, f"input[{index}]")
             texts.append((index, item))
         elif isinstance(item, dict) and item.get("type") == "image":
-            images.append((index, decode_image(item.get("image"), f"input[{index}].image")))
+            images.append((index, decode_image(item.get("image"), f"input[{index}].image", _fetch_url())))
         elif isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
             if not item["text"].strip():
                 raise invalid(f"'input[{index}].text' is empty")
@@ -148,7 +155,7 @@ def _request_images() -> list[bytes]:
         if len(files) > _limit():
             raise invalid(f"too many images: {len(files)} (limit {_limit()})")
         return [f.read() for f in files]
-    return image_list(json_body(request), "images", _limit())
+    return image_list(json_body(request), "images", _limit(), fetch_url=_fetch_url())
 
 
 @v1.post("/embed/image")
@@ -205,7 +212,7 @@ def ner() -> Response:
 
 
 def _fusion_inputs(data: dict) -> list[fusion_pb2.MultimodalInput]:
-    return [fusion_pb2.MultimodalInput(text=t, image=i) for t, i in multimodal_inputs(data, _limit())]
+    return [fusion_pb2.MultimodalInput(text=t, image=i) for t, i in multimodal_inputs(data, _limit(), _fetch_url())]
 
 
 def _head(data: dict) -> str:
@@ -245,7 +252,7 @@ def similarity() -> Response:
     limit = _limit()
     request_pb = fusion_pb2.SimilarityRequest(
         texts=string_list(data, "texts", limit, required=False),
-        images=image_list(data, "images", limit),
+        images=image_list(data, "images", limit, fetch_url=_fetch_url()),
         candidate_labels=string_list(data, "candidate_labels", 256, required=False),
         head=optional_string(data, "head"),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 from flask import Request
@@ -11,6 +12,8 @@ from flask import Request
 from gateway.errors import ApiError, invalid
 
 _DATA_URL_PREFIX = "data:"
+# Fetches an image URL (gateway.image_urls.ImageUrlFetcher.fetch): (url, where) -> bytes, or raises a 400.
+FetchUrl = Callable[[str, str], bytes]
 
 
 def json_body(request: Request) -> dict[str, Any]:
@@ -75,13 +78,15 @@ def optional_int(data: dict, field: str, default: int, low: int, high: int) -> i
     return value
 
 
-def decode_image(value: Any, where: str) -> bytes:
-    """Base64 or a data URL to bytes; URLs are refused (the gateway never fetches them)."""
+def decode_image(value: Any, where: str, fetch_url: FetchUrl | None = None) -> bytes:
+    """Base64 or a data URL to bytes; an http(s) URL only through ``fetch_url`` (else refused)."""
     if not isinstance(value, str):
         raise invalid(f"'{where}' must be a base64 string or a data URL")
     text = value.strip()
-    if text.startswith(("http://", "https://")):
-        raise invalid(f"'{where}': image URLs are not fetched; send the image as base64 or a data URL")
+    if text.lower().startswith(("http://", "https://")):
+        if fetch_url is None:
+            raise invalid(f"'{where}': image URLs are disabled; send the image as base64 or a data URL")
+        return fetch_url(text, where)
     if text.startswith(_DATA_URL_PREFIX):
         header, _, text = text.partition(",")
         if ";base64" not in header:
@@ -95,7 +100,9 @@ def decode_image(value: Any, where: str) -> bytes:
     return data
 
 
-def image_list(data: dict, field: str, limit: int, required: bool = True) -> list[bytes]:
+def image_list(
+    data: dict, field: str, limit: int, required: bool = True, fetch_url: FetchUrl | None = None
+) -> list[bytes]:
     value = data.get(field)
     if value is None:
         if required:
@@ -107,10 +114,12 @@ def image_list(data: dict, field: str, limit: int, required: bool = True) -> lis
         raise invalid(f"'{field}' must contain at least one image")
     if len(value) > limit:
         raise invalid(f"too many items in '{field}': {len(value)} (limit {limit})")
-    return [decode_image(item, f"{field}[{i}]") for i, item in enumerate(value)]
+    return [decode_image(item, f"{field}[{i}]", fetch_url) for i, item in enumerate(value)]
 
 
-def multimodal_inputs(data: dict, limit: int) -> list[tuple[str | None, bytes | None]]:
+def multimodal_inputs(
+    data: dict, limit: int, fetch_url: FetchUrl | None = None
+) -> list[tuple[str | None, bytes | None]]:
     """``inputs: [{text?, image?}]``, or one item given inline as ``text``/``image``."""
     raw = data.get("inputs")
     if raw is None and ("text" in data or "image" in data):
@@ -130,6 +139,6 @@ def multimodal_inputs(data: dict, limit: int) -> list[tuple[str | None, bytes | 
             check_text(text, f"inputs[{index}].text")
         if not (text and text.strip()) and image is None:
             raise invalid(f"'inputs[{index}]' needs a text, an image or both")
-        decoded = decode_image(image, f"inputs[{index}].image") if image is not None else None
+        decoded = decode_image(image, f"inputs[{index}].image", fetch_url) if image is not None else None
         items.append((text if text and text.strip() else None, decoded))
     return items

@@ -3,32 +3,45 @@
 Every call carries a deadline (the caller's remaining time, or the configured default) and the
 request id; a downstream failure is raised as ``UpstreamError`` with the downstream status code,
 so the caller sees UNAVAILABLE, INVALID_ARGUMENT, ... exactly as the encoder reported it.
+
+Each client knows which model its encoder serves (``ModelInfo``): read lazily on first use,
+forgotten whenever the channel loses its connection (an encoder may come back with another
+model), re-read on every heads scan, and compared with each Embed reply's model id and
+dimension, so embeddings are always attributed to the model that really produced them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
 
 from mmserve.v1 import common_pb2, text_pb2, text_pb2_grpc, vision_pb2, vision_pb2_grpc
 from services.common.channels import ChannelSecurity, create_aio_channel
-from services.common.errors import UpstreamError
+from services.common.errors import NotReady, UpstreamError
 from services.common.logs import REQUEST_ID_HEADER, request_id_var
 from services.common.matrix import from_matrix
 from services.common.settings import FusionSettings
 
 _LOGGER = logging.getLogger(__name__)
+
+# Model info is tiny and answered without touching the model; a slow answer means a sick encoder.
 MODEL_INFO_TIMEOUT_S = 2.0
+# Timeout for a call whose deadline has already passed: gRPC then fails it with DEADLINE_EXCEEDED.
+_EXPIRED_S = 0.001
 
 
 @dataclass(frozen=True)
 class EncoderInfo:
-    """What fusion knows of a serving encoder (the fields heads are checked against)."""
+    """What fusion knows of a serving encoder (the fields heads and CLIP pairs are checked on)."""
 
     model_id: str
     revision: str
@@ -38,61 +51,174 @@ class EncoderInfo:
     def from_proto(cls, info: common_pb2.ModelInfo) -> EncoderInfo:
         return cls(info.model_id, info.revision, info.embedding_dim)
 
+    def produced(self, model_id: str, dim: int) -> bool:
+        """Whether an Embed reply (its model id, its row width) came from this model."""
+        return dim == self.embedding_dim and (not model_id or model_id == self.model_id)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Vectors from one encoder call and the model that produced them."""
+
+    vectors: np.ndarray  # [n, info.embedding_dim] float32
+    info: EncoderInfo
+
 
 def _metadata() -> tuple[tuple[str, str], ...]:
     request_id = request_id_var.get()
     return ((REQUEST_ID_HEADER, request_id),) if request_id else ()
 
 
-def _upstream(service: str, error: grpc.aio.AioRpcError) -> UpstreamError:
-    return UpstreamError(error.code(), f"{service} encoder: {error.details() or error.code().name}")
+def timeout_until(deadline: float) -> float:
+    """Seconds left until ``deadline`` (a ``time.monotonic()`` value)."""
+    return max(deadline - time.monotonic(), _EXPIRED_S)
+
+
+EmbedCall = Callable[[Sequence[Any], float, tuple], Awaitable[Any]]
+InfoCall = Callable[[float], Awaitable[common_pb2.ModelInfo]]
+
+
+class EncoderClient:
+    """One encoder (text or vision) behind one channel, and the model it is known to serve."""
+
+    def __init__(self, name: str, channel: grpc.aio.Channel, embed_call: EmbedCall, info_call: InfoCall) -> None:
+        self.name = name
+        self._channel = channel
+        self._embed_call = embed_call
+        self._info_call = info_call
+        self._info: EncoderInfo | None = None  # read since the channel last connected
+        self._last_known: EncoderInfo | None = None  # kept while the encoder is down, for listings
+        self._watch: asyncio.Task | None = None
+
+    @property
+    def last_known(self) -> EncoderInfo | None:
+        """The model this encoder served when last reached (None if never reached)."""
+        return self._last_known
+
+    def start(self) -> None:
+        self._watch = asyncio.get_running_loop().create_task(self._forget_on_disconnect(), name=f"{self.name}-watch")
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self._channel.close()
+
+    async def _forget_on_disconnect(self) -> None:
+        state = self._channel.get_state(try_to_connect=False)
+        while True:
+            await self._channel.wait_for_state_change(state)
+            # Waking from READY means the connection dropped, even if it is READY again by now.
+            if state == grpc.ChannelConnectivity.READY and self._info is not None:
+                _LOGGER.info("%s encoder disconnected; its model info will be read again", self.name)
+                self._info = None
+            state = self._channel.get_state(try_to_connect=False)
+
+    def _remember(self, info: EncoderInfo) -> EncoderInfo:
+        if self._last_known is not None and info != self._last_known:
+            _LOGGER.warning(
+                "%s encoder changed model",
+                self.name,
+                extra={"fields": {"was": dataclasses.asdict(self._last_known), "now": dataclasses.asdict(info)}},
+            )
+        self._info = self._last_known = info
+        return info
+
+    async def model_info(self, deadline: float | None = None) -> EncoderInfo:
+        """Reads the encoder's model info now (and remembers it)."""
+        timeout = MODEL_INFO_TIMEOUT_S if deadline is None else min(MODEL_INFO_TIMEOUT_S, timeout_until(deadline))
+        try:
+            reply = await self._info_call(timeout)
+        except grpc.aio.AioRpcError as error:
+            raise self._upstream(error) from None
+        return self._remember(EncoderInfo.from_proto(reply))
+
+    async def current_info(self, deadline: float) -> EncoderInfo:
+        """The model served now: remembered since the last connect, else read (lazily)."""
+        return self._info if self._info is not None else await self.model_info(deadline)
+
+    async def refresh(self) -> EncoderInfo | None:
+        """Re-reads the model info; on failure keeps what is known (the caller only lists it)."""
+        with contextlib.suppress(UpstreamError):
+            await self.model_info()
+        return self._last_known
+
+    async def embed(self, items: Sequence[Any], deadline: float) -> Embeddings:
+        try:
+            reply = await self._embed_call(items, timeout_until(deadline), _metadata())
+        except grpc.aio.AioRpcError as error:
+            raise self._upstream(error) from None
+        vectors = from_matrix(reply.embeddings)
+        if vectors.ndim != 2 or len(vectors) != len(items):
+            raise UpstreamError(
+                grpc.StatusCode.INTERNAL,
+                f"{self.name} encoder returned shape {list(vectors.shape)} for {len(items)} items",
+            )
+        info = self._info
+        if info is None or not info.produced(reply.model_id, vectors.shape[1]):
+            info = await self.model_info(deadline)
+            if not info.produced(reply.model_id, vectors.shape[1]):
+                # Replicas answering with different models (a rolling update): refuse, don't guess.
+                raise NotReady(
+                    f"{self.name} encoder answered with {reply.model_id or 'a model'} of dim {vectors.shape[1]} "
+                    f"but reports {info.model_id} of dim {info.embedding_dim}; it is changing models, retry"
+                )
+        return Embeddings(vectors, info)
+
+    def _upstream(self, error: grpc.aio.AioRpcError) -> UpstreamError:
+        return UpstreamError(error.code(), f"{self.name} encoder: {error.details() or error.code().name}")
 
 
 class EncoderClients:
-    """Channels and stubs for both encoders; ``dns:///`` targets spread calls over replicas."""
+    """Both encoders; ``dns:///`` targets spread calls over replicas (see services.common.channels)."""
 
     def __init__(self, settings: FusionSettings) -> None:
         security = ChannelSecurity(settings.tls_ca_file, settings.tls_client_cert_file, settings.tls_client_key_file)
-        self._text_channel = create_aio_channel(settings.text_address, security)
-        self._vision_channel = create_aio_channel(settings.vision_address, security)
-        self._text = text_pb2_grpc.TextEncoderServiceStub(self._text_channel)
-        self._vision = vision_pb2_grpc.VisionEncoderServiceStub(self._vision_channel)
+        text_channel = create_aio_channel(settings.text_address, security)
+        vision_channel = create_aio_channel(settings.vision_address, security)
+        text = text_pb2_grpc.TextEncoderServiceStub(text_channel)
+        vision = vision_pb2_grpc.VisionEncoderServiceStub(vision_channel)
+        info_request = common_pb2.GetModelInfoRequest()
+        self.text = EncoderClient(
+            "text",
+            text_channel,
+            lambda texts, timeout, metadata: text.Embed(
+                text_pb2.EmbedTextRequest(texts=texts), timeout=timeout, metadata=metadata
+            ),
+            lambda timeout: text.GetModelInfo(info_request, timeout=timeout, metadata=_metadata()),
+        )
+        self.image = EncoderClient(
+            "vision",
+            vision_channel,
+            lambda images, timeout, metadata: vision.Embed(
+                vision_pb2.EmbedImageRequest(images=images), timeout=timeout, metadata=metadata
+            ),
+            lambda timeout: vision.GetModelInfo(info_request, timeout=timeout, metadata=_metadata()),
+        )
         self._default_deadline_s = settings.default_deadline_s
 
-    def timeout(self, remaining_s: float | None) -> float:
-        return remaining_s if remaining_s is not None else self._default_deadline_s
+    def by_modality(self, modality: str) -> EncoderClient:
+        return {"text": self.text, "image": self.image}[modality]
 
-    async def embed_texts(self, texts: Sequence[str], remaining_s: float | None) -> np.ndarray:
-        try:
-            reply = await self._text.Embed(
-                text_pb2.EmbedTextRequest(texts=texts), timeout=self.timeout(remaining_s), metadata=_metadata()
-            )
-        except grpc.aio.AioRpcError as error:
-            raise _upstream("text", error) from None
-        return from_matrix(reply.embeddings)
+    def deadline(self, remaining_s: float | None) -> float:
+        """The absolute deadline of downstream calls: the caller's, or the configured default."""
+        return time.monotonic() + (remaining_s if remaining_s is not None else self._default_deadline_s)
 
-    async def embed_images(self, images: Sequence[bytes], remaining_s: float | None) -> np.ndarray:
-        try:
-            reply = await self._vision.Embed(
-                vision_pb2.EmbedImageRequest(images=images), timeout=self.timeout(remaining_s), metadata=_metadata()
-            )
-        except grpc.aio.AioRpcError as error:
-            raise _upstream("vision", error) from None
-        return from_matrix(reply.embeddings)
+    async def embed_texts(self, texts: Sequence[str], deadline: float) -> Embeddings:
+        return await self.text.embed(texts, deadline)
 
-    async def model_infos(self) -> dict[str, EncoderInfo | None]:
-        """Both encoders' model info; None for one that does not answer now."""
-        request = common_pb2.GetModelInfoRequest()
-        replies = await asyncio.gather(
-            self._text.GetModelInfo(request, timeout=MODEL_INFO_TIMEOUT_S),
-            self._vision.GetModelInfo(request, timeout=MODEL_INFO_TIMEOUT_S),
-            return_exceptions=True,
-        )
-        infos: dict[str, EncoderInfo | None] = {}
-        for modality, reply in zip(("text", "image"), replies, strict=True):
-            infos[modality] = None if isinstance(reply, BaseException) else EncoderInfo.from_proto(reply)
-        return infos
+    async def embed_images(self, images: Sequence[bytes], deadline: float) -> Embeddings:
+        return await self.image.embed(images, deadline)
+
+    async def refresh_infos(self) -> dict[str, EncoderInfo | None]:
+        """Re-reads both encoders' model info; an unreachable one keeps its last known info."""
+        text, image = await asyncio.gather(self.text.refresh(), self.image.refresh())
+        return {"text": text, "image": image}
+
+    def start(self) -> None:
+        self.text.start()
+        self.image.start()
 
     async def close(self) -> None:
-        await self._text_channel.close()
-        await self._vision_channel.close()
+        await asyncio.gather(self.text.close(), self.image.close())

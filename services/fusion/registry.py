@@ -1,60 +1,81 @@
 """The heads being served, kept in step with the heads directory and the serving encoders.
 
-A background task rescans the directory every few seconds: a new or changed head is loaded
-without a restart; a corrupt one is refused while the previously loaded version keeps serving;
-a head trained on other encoders (model, revision or dimension) than the ones serving is
-refused with the reason, and never mixed with them. Encoder model info is refreshed on each
-scan, so an encoder restarted with another model is noticed.
+A background task rescans the directory every few seconds: a new or changed head (by the
+mtimes and sizes of its files; the weights' sha256 is verified on every load) is loaded without
+a restart; a corrupt one is refused while the previously loaded version keeps serving; a head
+trained on other encoders (model, revision or dimension) than the ones serving is refused with
+the reason and never run on their embeddings. Each scan also re-reads the encoders' model info.
+An encoder that has never been reached is not held against a head; requests check the model
+that actually produced their embeddings (``check``) before any head runs on them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition, MmserveError, NotFound
 from services.fusion.clients import EncoderInfo
-from services.fusion.heads import MANIFEST_FILE, WEIGHTS_FILE, Head, check_compatible, load_head
+from services.fusion.heads import (
+    MANIFEST_FILE,
+    MODALITIES,
+    WEIGHTS_FILE,
+    Head,
+    HeadManifest,
+    check_compatible,
+    load_head,
+)
 
 _LOGGER = logging.getLogger(__name__)
+
+Stamp = tuple[int, int, int, int]  # mtime_ns and size of the manifest, then of the weights
+InfoSource = Callable[[], Awaitable[Mapping[str, EncoderInfo | None]]]
+
+
+def _stamp(directory: Path) -> Stamp | None:
+    try:
+        manifest, weights = (directory / MANIFEST_FILE).stat(), (directory / WEIGHTS_FILE).stat()
+    except OSError:
+        return None
+    return (manifest.st_mtime_ns, manifest.st_size, weights.st_mtime_ns, weights.st_size)
+
+
+def check_head(manifest: HeadManifest, infos: Mapping[str, EncoderInfo | None]) -> None:
+    """Raises IncompatibleHead if a known encoder differs from the head's; unknown ones pass."""
+    trained = {
+        m: EncoderInfo(manifest.encoders[m].model_id, manifest.encoders[m].revision, manifest.input_dims[m])
+        for m in MODALITIES
+    }
+    check_compatible(manifest, infos.get("text") or trained["text"], infos.get("image") or trained["image"])
 
 
 @dataclass(frozen=True)
 class _Loaded:
     head: Head
-    stamp: tuple[float, float, int, int]  # (mtimes, sizes) of manifest and weights
-
-
-def _stamp(directory: Path) -> tuple[float, float, int, int] | None:
-    try:
-        manifest, weights = (directory / MANIFEST_FILE).stat(), (directory / WEIGHTS_FILE).stat()
-    except OSError:
-        return None
-    return (manifest.st_mtime, weights.st_mtime, manifest.st_size, weights.st_size)
+    stamp: Stamp
 
 
 class HeadRegistry:
-    def __init__(
-        self,
-        heads_dir: Path,
-        fetch_encoder_infos: Callable[[], Awaitable[dict[str, EncoderInfo | None]]],
-        interval_s: float,
-    ) -> None:
+    """Loaded heads by name; ``served()`` and ``get()`` answer from the last scan."""
+
+    def __init__(self, heads_dir: Path, refresh_infos: InfoSource, interval_s: float) -> None:
         self._dir = heads_dir
-        self._fetch_infos = fetch_encoder_infos
+        self._refresh_infos = refresh_infos
         self._interval_s = interval_s
         self._loaded: dict[str, _Loaded] = {}
-        self._failed_stamps: dict[str, tuple] = {}  # don't re-log the same broken files every scan
-        self._refused: dict[str, str] = {}
+        self._unloadable: dict[str, tuple[Stamp, str]] = {}  # why; kept until the files change
+        self._refused: dict[str, str] = {}  # loaded, but incompatible with the serving encoders
         self._served: dict[str, Head] = {}
-        self._infos: dict[str, EncoderInfo | None] = {"text": None, "image": None}
+        self._infos: Mapping[str, EncoderInfo | None] = {"text": None, "image": None}
+        self._dir_missing = False
         self._task: asyncio.Task | None = None
 
     @property
-    def encoder_infos(self) -> dict[str, EncoderInfo | None]:
+    def encoder_infos(self) -> Mapping[str, EncoderInfo | None]:
+        """The encoders' models as of the last scan (None: never reached)."""
         return self._infos
 
     def served(self) -> list[Head]:
@@ -62,13 +83,19 @@ class HeadRegistry:
 
     def get(self, name: str) -> Head:
         if not name:
-            raise NotFound("a head name is required; GET /v1/heads lists them")
+            raise NotFound("a head name is required; ListHeads names the served heads")
         head = self._served.get(name)
         if head is not None:
             return head
         if name in self._refused:
             raise FailedPrecondition(self._refused[name])
+        if name in self._unloadable and name not in self._loaded:
+            raise FailedPrecondition(f"head {name!r} is not served: {self._unloadable[name][1]}")
         raise NotFound(f"no head named {name!r}; served heads: {', '.join(sorted(self._served)) or 'none'}")
+
+    def check(self, head: Head, infos: Mapping[str, EncoderInfo]) -> None:
+        """Refuses (IncompatibleHead) to run ``head`` on embeddings from the encoder models ``infos``."""
+        check_head(head.manifest, infos)
 
     async def start(self) -> None:
         await self.scan()
@@ -87,46 +114,65 @@ class HeadRegistry:
                 _LOGGER.exception("heads scan failed")
 
     async def scan(self) -> None:
-        infos = await self._fetch_infos()
-        # Keep the last known info of an encoder that is down right now.
-        self._infos = {m: infos.get(m) or self._infos.get(m) for m in ("text", "image")}
-        await asyncio.to_thread(self._reload_files)
-        self._check_compatibility()
+        """Re-reads the encoders' model info and the heads directory, then decides what is served."""
+        infos, _ = await asyncio.gather(self._refresh_infos(), asyncio.to_thread(self._reload_files))
+        self._infos = dict(infos)
+        self._decide_served()
 
     def _reload_files(self) -> None:
-        present = {p.name: p for p in self._dir.iterdir() if p.is_dir()} if self._dir.is_dir() else {}
+        if not self._dir.is_dir():
+            if not self._dir_missing:
+                _LOGGER.warning("heads directory %s does not exist; no heads are served", self._dir)
+            self._dir_missing = True
+            self._loaded.clear()
+            return
+        self._dir_missing = False
+        # Dot-directories are staging areas (a head being copied in); names can't start with '.'.
+        present = {p.name: p for p in self._dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
         for name in list(self._loaded):
             if name not in present:
                 _LOGGER.info("head removed", extra={"fields": {"head": name}})
                 del self._loaded[name]
-        for name, directory in present.items():
-            stamp = _stamp(directory)
-            if stamp is None:
-                continue  # incomplete (still being copied in)
-            current = self._loaded.get(name)
-            if (current is not None and current.stamp == stamp) or self._failed_stamps.get(name) == stamp:
-                continue
-            try:
-                head = load_head(directory)
-            except MmserveError as error:
-                self._failed_stamps[name] = stamp
-                kept = "; the previous version keeps serving" if current else ""
-                _LOGGER.error("head refused: %s%s", error, kept, extra={"fields": {"head": name}})
-                continue
-            self._failed_stamps.pop(name, None)
-            self._loaded[name] = _Loaded(head, stamp)
-            _LOGGER.info("head loaded", extra={"fields": {"head": name, "strategy": head.manifest.strategy}})
+        for name in list(self._unloadable):
+            if name not in present:
+                del self._unloadable[name]
+        for name, directory in sorted(present.items()):
+            self._load_if_changed(name, directory)
 
-    def _check_compatibility(self) -> None:
+    def _load_if_changed(self, name: str, directory: Path) -> None:
+        stamp = _stamp(directory)
+        if stamp is None:
+            return  # incomplete: still being copied in, or being replaced
+        current = self._loaded.get(name)
+        failed = self._unloadable.get(name)
+        if (current is not None and current.stamp == stamp) or (failed is not None and failed[0] == stamp):
+            return
+        try:
+            head = load_head(directory)
+        except MmserveError as error:
+            self._unloadable[name] = (stamp, str(error))
+            kept = "; the previously loaded version keeps serving" if current else ""
+            _LOGGER.error("head refused: %s%s", error, kept, extra={"fields": {"head": name}})
+            return
+        self._unloadable.pop(name, None)
+        self._loaded[name] = _Loaded(head, stamp)
+        _LOGGER.info(
+            "head loaded",
+            extra={"fields": {"head": name, "task": head.manifest.task, "strategy": head.manifest.strategy}},
+        )
+
+    def _decide_served(self) -> None:
         served: dict[str, Head] = {}
         refused: dict[str, str] = {}
         for name, loaded in self._loaded.items():
             try:
-                check_compatible(loaded.head.manifest, self._infos["text"], self._infos["image"])
+                check_head(loaded.head.manifest, self._infos)
             except MmserveError as error:
                 refused[name] = str(error)
                 if self._refused.get(name) != refused[name]:
                     _LOGGER.error("head refused: %s", error, extra={"fields": {"head": name}})
                 continue
+            if name in self._refused:
+                _LOGGER.info("head served again: the encoders match it", extra={"fields": {"head": name}})
             served[name] = loaded.head
         self._served, self._refused = served, refused

@@ -55,11 +55,11 @@ class TextService(text_pb2_grpc.TextEncoderServiceServicer):
 
     async def start(self) -> None:
         s = self._settings
-        self._description = await asyncio.to_thread(self._embedder.load)
-        self._ner_description = await asyncio.to_thread(self._ner.load)
+        description = await asyncio.to_thread(self._embedder.load)
+        ner_description = await asyncio.to_thread(self._ner.load)
         self._embed_batcher = DynamicBatcher(
             self._embedder.embed,
-            model=self._description.model_id,
+            model=description.model_id,
             task="embed",
             metrics=self._metrics,
             max_batch_size=s.max_batch_size,
@@ -70,7 +70,7 @@ class TextService(text_pb2_grpc.TextEncoderServiceServicer):
         )
         self._ner_batcher = DynamicBatcher(
             self._ner.extract,
-            model=self._ner_description.model_id,
+            model=ner_description.model_id,
             task="ner",
             metrics=self._metrics,
             max_batch_size=s.max_batch_size,
@@ -82,6 +82,8 @@ class TextService(text_pb2_grpc.TextEncoderServiceServicer):
         if s.warmup:
             await self._embed_batcher.submit([WARMUP_TEXT])
             await self._ner_batcher.submit([WARMUP_TEXT])
+        # Requests are accepted only from here on: the batchers exist and the model answered.
+        self._description, self._ner_description = description, ner_description
 
     async def stop(self) -> None:
         for batcher in (self._embed_batcher, self._ner_batcher):

@@ -33,6 +33,7 @@ GATEWAY_DISTRIBUTIONS = {
     "prometheus_client": "prometheus-client",
     "PIL": "pillow",
     "numpy": "numpy",
+    "swagger_ui_bundle": "swagger-ui-bundle",
 }
 
 
@@ -197,7 +198,9 @@ def test_healthcheck_code_compiles() -> None:
 
 
 def test_gateway_requirements_match_the_project_pins() -> None:
-    gateway = _pins((ROOT / "requirements-gateway.txt").read_text().splitlines())
+    lines = (ROOT / "requirements-gateway.txt").read_text().splitlines()
+    gateway = _pins(lines)
+    assert len(gateway) == len([line for line in lines if "==" in line]), "a package is listed twice"
     project = _pins((ROOT / "requirements.txt").read_text().splitlines())
     assert "torch" not in gateway
     for name, version in gateway.items():

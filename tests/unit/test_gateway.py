@@ -70,8 +70,8 @@ def test_bad_requests_get_clear_4xx(client, kwargs, status, name, message) -> No
     assert error["status"] == name and message in error["message"]
 
 
-def test_images_must_be_base64_and_urls_are_not_fetched(client) -> None:
-    for image, message in [("%%%", "not valid base64"), ("https://example.com/cat.png", "not fetched"), (5, "base64")]:
+def test_images_must_be_base64_and_urls_are_disabled_by_default(client) -> None:
+    for image, message in [("%%%", "not valid base64"), ("https://example.com/cat.png", "URLs are disabled"), (5, "base64")]:
         response = client.post("/v1/embed/image", json={"images": [image]})
         assert response.status_code == 400 and message in error_of(response)["message"]
 

@@ -1,0 +1,266 @@
+{{/*
+The four components and their fixed facts: module to run, settings env prefix and ports.
+Ports are the defaults of services/common/settings.py (a test checks they agree), so clients
+and probes can rely on them; they are not values.
+*/}}
+{{- define "mmserve.components" -}}
+text:
+  module: services.text
+  envPrefix: MMSERVE_TEXT_
+  grpc: true
+  port: 50051
+  metricsPort: 9101
+  imageVariant: true
+vision:
+  module: services.vision
+  envPrefix: MMSERVE_VISION_
+  grpc: true
+  port: 50052
+  metricsPort: 9102
+  imageVariant: true
+fusion:
+  module: services.fusion
+  envPrefix: MMSERVE_FUSION_
+  grpc: true
+  port: 50053
+  metricsPort: 9103
+  imageVariant: true
+gateway:
+  module: gateway
+  envPrefix: MMSERVE_GATEWAY_
+  grpc: false
+  port: 8080
+  imageVariant: false
+{{- end }}
+
+{{/* The fixed facts of one component: include "mmserve.component" (dict "root" $ "component" "text") | fromYaml */}}
+{{- define "mmserve.component" -}}
+{{- index (include "mmserve.components" . | fromYaml) .component | toYaml }}
+{{- end }}
+
+{{- define "mmserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-mmserve, or the release name alone when it already contains the chart name. */}}
+{{- define "mmserve.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+<fullname>-<component>. The prefix is cut to 45 characters so that the longest derived name,
+"<prefix>-vision-headless", still fits a 63-character DNS label.
+*/}}
+{{- define "mmserve.componentName" -}}
+{{- printf "%s-%s" (include "mmserve.fullname" .root | trunc 45 | trimSuffix "-") .component }}
+{{- end }}
+
+{{- define "mmserve.headlessName" -}}
+{{- printf "%s-headless" (include "mmserve.componentName" .) }}
+{{- end }}
+
+{{- define "mmserve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable for the life of a release (never the chart version). */}}
+{{- define "mmserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mmserve.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "mmserve.labels" -}}
+helm.sh/chart: {{ include "mmserve.chart" .root }}
+{{ include "mmserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: mmserve
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "mmserve.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mmserve.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository:tag[@digest]; tag defaults to appVersion, plus -cpu/-cuda for the model image. */}}
+{{- define "mmserve.image" -}}
+{{- $values := index .root.Values .component }}
+{{- $facts := include "mmserve.component" . | fromYaml }}
+{{- $tag := $values.image.tag }}
+{{- if not $tag }}
+{{- $tag = .root.Chart.AppVersion }}
+{{- if $facts.imageVariant }}
+{{- $gpu := and (hasKey $values "gpu") $values.gpu.enabled }}
+{{- $tag = printf "%s-%s" $tag (ternary "cuda" "cpu" $gpu) }}
+{{- end }}
+{{- end }}
+{{- $image := printf "%s:%s" $values.image.repository $tag }}
+{{- if $values.image.digest }}
+{{- $image = printf "%s@%s" $image $values.image.digest }}
+{{- end }}
+{{- $image }}
+{{- end }}
+
+{{/* dns:///<headless>:<port>: the client resolves every pod and round-robins over them. */}}
+{{- define "mmserve.grpcTarget" -}}
+{{- $facts := include "mmserve.component" . | fromYaml }}
+{{- printf "dns:///%s.%s.svc:%v" (include "mmserve.headlessName" .) .root.Release.Namespace $facts.port }}
+{{- end }}
+
+{{- define "mmserve.apiKeysSecretName" -}}
+{{- default (printf "%s-api-keys" (include "mmserve.fullname" .)) .Values.gateway.auth.existingSecret }}
+{{- end }}
+
+{{- define "mmserve.apiKeysEnabled" -}}
+{{- if or .Values.gateway.auth.existingSecret .Values.gateway.auth.apiKeys }}true{{ end }}
+{{- end }}
+
+{{/* PVC name of the model volume. */}}
+{{- define "mmserve.modelsClaimName" -}}
+{{- default (printf "%s-models" (include "mmserve.fullname" .)) .Values.modelStorage.pvc.existingClaim }}
+{{- end }}
+
+{{/*
+Environment the chart owns for a component, as a name -> EnvVar-body map. The `env` values may
+not repeat these names (the template fails instead of emitting duplicates).
+*/}}
+{{- define "mmserve.managedEnv" -}}
+{{- $root := .root }}
+{{- $c := .component }}
+{{- $facts := include "mmserve.component" . | fromYaml }}
+{{- $values := index $root.Values $c }}
+{{- $p := $facts.envPrefix }}
+{{- $tls := $root.Values.tls }}
+{{ $p }}PORT:
+  value: {{ $facts.port | quote }}
+{{- if $facts.metricsPort }}
+{{ $p }}METRICS_PORT:
+  value: {{ $facts.metricsPort | quote }}
+{{- end }}
+{{- if and (hasKey $values "model") $values.model }}
+{{ $p }}MODEL:
+  value: {{ $values.model | quote }}
+{{- end }}
+{{- if eq $c "fusion" }}
+{{ $p }}TEXT_ADDRESS:
+  value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "text") | quote }}
+{{ $p }}VISION_ADDRESS:
+  value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "vision") | quote }}
+{{ $p }}HEADS_DIR:
+  value: {{ $values.heads.mountPath | quote }}
+{{- end }}
+{{- if eq $c "gateway" }}
+{{ $p }}FUSION_ADDRESS:
+  value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "fusion") | quote }}
+{{ $p }}TEXT_ADDRESS:
+  value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "text") | quote }}
+{{ $p }}VISION_ADDRESS:
+  value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "vision") | quote }}
+{{- if include "mmserve.apiKeysEnabled" $root }}
+{{ $p }}API_KEYS:
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mmserve.apiKeysSecretName" $root }}
+      key: {{ $root.Values.gateway.auth.existingSecretKey }}
+{{- end }}
+{{- end }}
+{{- if $tls.enabled }}
+{{- if $facts.grpc }}
+{{ $p }}TLS_CERT_FILE:
+  value: {{ printf "%s/tls.crt" $tls.mountPath | quote }}
+{{ $p }}TLS_KEY_FILE:
+  value: {{ printf "%s/tls.key" $tls.mountPath | quote }}
+{{- if $tls.clientAuth }}
+{{ $p }}TLS_CLIENT_CA_FILE:
+  value: {{ printf "%s/ca.crt" $tls.mountPath | quote }}
+{{- end }}
+{{- end }}
+{{- if or (eq $c "fusion") (eq $c "gateway") }}
+{{ $p }}TLS_CA_FILE:
+  value: {{ printf "%s/ca.crt" $tls.mountPath | quote }}
+{{- if $tls.clientAuth }}
+{{ $p }}TLS_CLIENT_CERT_FILE:
+  value: {{ printf "%s/tls.crt" $tls.mountPath | quote }}
+{{ $p }}TLS_CLIENT_KEY_FILE:
+  value: {{ printf "%s/tls.key" $tls.mountPath | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The container's env list: managed entries, then the `env` map (sorted), then extraEnv. */}}
+{{- define "mmserve.env" -}}
+{{- $values := index .root.Values .component }}
+{{- $managed := include "mmserve.managedEnv" . | fromYaml }}
+{{- range $name := keys $managed | sortAlpha }}
+- name: {{ $name }}
+  {{- toYaml (index $managed $name) | nindent 2 }}
+{{- end }}
+{{- range $name := keys $values.env | sortAlpha }}
+{{- if hasKey $managed $name }}
+{{- fail (printf "%s.env.%s is set by the chart; use the dedicated value instead" $.component $name) }}
+{{- end }}
+- name: {{ $name }}
+  value: {{ index $values.env $name | toString | quote }}
+{{- end }}
+{{- with $values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Spread constraints; those without a labelSelector select this component's pods. */}}
+{{- define "mmserve.topologySpreadConstraints" -}}
+{{- $selector := include "mmserve.selectorLabels" . | fromYaml }}
+{{- range (index .root.Values .component).topologySpreadConstraints }}
+{{- $constraint := deepCopy . }}
+{{- if not (hasKey $constraint "labelSelector") }}
+{{- $_ := set $constraint "labelSelector" (dict "matchLabels" $selector) }}
+{{- end }}
+- {{ toYaml $constraint | nindent 2 | trim }}
+{{- end }}
+{{- end }}
+
+{{/* Resources, plus the GPU limit when the component's gpu.enabled is set. */}}
+{{- define "mmserve.resources" -}}
+{{- $values := index .root.Values .component }}
+{{- $resources := deepCopy (default dict $values.resources) }}
+{{- if and (hasKey $values "gpu") $values.gpu.enabled }}
+{{- $limits := default dict $resources.limits }}
+{{- $_ := set $limits $values.gpu.resourceName $values.gpu.count }}
+{{- $_ := set $resources "limits" $limits }}
+{{- end }}
+{{- toYaml $resources }}
+{{- end }}
+
+{{/*
+A probe from values. Kubelet gRPC probes cannot speak TLS, so with tls.enabled a `grpc` handler
+becomes an exec one that asks the health service over (m)TLS from inside the pod, naming the
+headless Service the certificate is issued for.
+*/}}
+{{- define "mmserve.probe" -}}
+{{- $probe := deepCopy (index (index .root.Values .component) .probe) }}
+{{- if and .root.Values.tls.enabled $probe.grpc }}
+{{- $dir := .root.Values.tls.mountPath }}
+{{- $name := printf "%s.%s.svc" (include "mmserve.headlessName" .) .root.Release.Namespace }}
+{{- $check := printf "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as s;r=lambda n:open('%s/'+n,'rb').read();c=grpc.ssl_channel_credentials(r('ca.crt'),r('tls.key'),r('tls.crt'));ch=grpc.secure_channel('localhost:%v',c,options=[('grpc.ssl_target_name_override','%s')]);sys.exit(s.HealthStub(ch).Check(h.HealthCheckRequest(),timeout=%v).status!=h.HealthCheckResponse.SERVING)" $dir $probe.grpc.port $name (default 1 $probe.timeoutSeconds) }}
+{{- $_ := unset $probe "grpc" }}
+{{- $_ := set $probe "exec" (dict "command" (list "python" "-c" $check)) }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}

@@ -1,0 +1,29 @@
+{{/* Checks across values that values.schema.json cannot express; each failure says what to set. */}}
+{{- define "mmserve.validate" -}}
+{{- $v := .Values }}
+{{- if $v.modelStorage.initContainer.enabled }}
+{{- if eq $v.modelStorage.volume "none" }}
+{{- fail "modelStorage.initContainer.enabled needs modelStorage.volume set to emptyDir or pvc" }}
+{{- end }}
+{{- if not $v.modelStorage.initContainer.command }}
+{{- fail "modelStorage.initContainer.command is required when the init container is enabled" }}
+{{- end }}
+{{- end }}
+{{- if and (eq $v.fusion.heads.source "configMap") (not $v.fusion.heads.configMapName) }}
+{{- fail "fusion.heads.configMapName is required when fusion.heads.source is configMap" }}
+{{- end }}
+{{- if and (eq $v.fusion.heads.source "configMap") (not $v.fusion.heads.names) }}
+{{- fail "fusion.heads.names must list the heads in the ConfigMap" }}
+{{- end }}
+{{- if and (eq $v.fusion.heads.source "pvc") (not $v.fusion.heads.existingClaim) }}
+{{- fail "fusion.heads.existingClaim is required when fusion.heads.source is pvc" }}
+{{- end }}
+{{- if and $v.gateway.auth.apiKeys $v.gateway.auth.existingSecret }}
+{{- fail "set gateway.auth.apiKeys or gateway.auth.existingSecret, not both" }}
+{{- end }}
+{{- if $v.tls.enabled }}
+{{- if not $v.tls.existingSecret }}
+{{- fail "tls.existingSecret is required when tls.enabled (tls.crt, tls.key, ca.crt)" }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,215 @@
+"""Every REST route through the four real processes and the default real models."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from scripts.stack import ServiceProcess, start_service
+from tests.support.traffic import post_json
+
+pytestmark = pytest.mark.slow
+
+
+def png_bytes(colour=(220, 30, 30), size=(96, 96)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PNG_B64 = base64.b64encode(png_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_service: ServiceProcess, demo_heads: Path, heads_dir: Path) -> str:
+    for name in ("match", "align"):
+        shutil.copytree(demo_heads / name, heads_dir / name, dirs_exist_ok=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        listed = json.loads(post_json(gateway_service.url + "/v1/heads", None).body or b"{}").get("heads", [])
+        if {"match", "align"} <= {h["name"] for h in listed}:
+            break
+        time.sleep(0.2)
+    return gateway_service.url
+
+
+def ok(url: str, payload: dict | None) -> dict:
+    outcome = post_json(url, payload)
+    assert outcome.status == 200, outcome.body[:300]
+    return json.loads(outcome.body)
+
+
+def test_text_image_and_openai_embeddings_agree(gateway: str) -> None:
+    texts = ["a photo of a cat", "stock markets fell sharply"]
+    direct = ok(gateway + "/v1/embed/text", {"texts": texts})
+    assert len(direct["embeddings"]) == 2 and len(direct["embeddings"][0]) == 384
+    assert direct["truncated"] == [False, False] and all(n > 2 for n in direct["token_counts"])
+
+    client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0)
+    reply = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)  # the client asks for base64
+    vectors = np.array([d.embedding for d in reply.data])
+    np.testing.assert_allclose(vectors, np.array(direct["embeddings"]), atol=1e-6)
+    assert reply.usage.prompt_tokens == sum(direct["token_counts"])
+    as_floats = client.embeddings.create(model="m", input="a photo of a cat", encoding_format="float")
+    np.testing.assert_allclose(as_floats.data[0].embedding, direct["embeddings"][0], atol=1e-6)
+
+    mixed = ok(gateway + "/v1/embeddings", {"input": ["a cat", {"type": "image", "image": PNG_B64}]})
+    assert [len(d["embedding"]) for d in mixed["data"]] == [384, 1280]
+    image = ok(gateway + "/v1/embed/image", {"images": [f"data:image/png;base64,{PNG_B64}"]})
+    np.testing.assert_allclose(mixed["data"][1]["embedding"], image["embeddings"][0], atol=1e-6)
+
+
+def test_multipart_upload_equals_json_base64(gateway: str) -> None:
+    boundary = "mmserve-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"red.png\"\r\n"
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + png_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        gateway + "/v1/embed/image", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        uploaded = json.loads(response.read())
+    as_json = ok(gateway + "/v1/embed/image", {"images": [PNG_B64]})
+    np.testing.assert_allclose(uploaded["embeddings"], as_json["embeddings"], atol=1e-6)
+
+
+def test_classify_ner_models_and_heads(gateway: str) -> None:
+    classified = ok(gateway + "/v1/classify/image", {"images": [PNG_B64], "top_k": 3})
+    labels = classified["results"][0]["labels"]
+    assert len(labels) == 3 and labels[0]["score"] >= labels[1]["score"] >= labels[2]["score"]
+    entities = ok(gateway + "/v1/ner", {"texts": ["Angela Merkel visited Paris."]})["results"][0]["entities"]
+    assert {("Angela Merkel", "PERSON"), ("Paris", "GPE")} <= {(e["text"], e["label"]) for e in entities}
+    models = ok(gateway + "/v1/models", None)["data"]
+    assert [(m["modality"], m["embedding_dim"]) for m in models] == [("text", 384), ("image", 1280)]
+    heads = {h["name"]: h for h in ok(gateway + "/v1/heads", None)["heads"]}
+    assert heads["match"]["task"] == "classification" and heads["align"]["task"] == "alignment"
+
+
+def test_fused_embed_predict_and_similarity(gateway: str) -> None:
+    item = {"text": "a red circle", "image": PNG_B64}
+    fused = ok(gateway + "/v1/embed", {"inputs": [item, {"text": "only text"}], "head": "match"})
+    assert len(fused["embeddings"]) == 2
+    single = ok(gateway + "/v1/predict", {**item, "head": "match"})
+    batch = ok(gateway + "/v1/predict", {"inputs": [item], "head": "match"})
+    assert single == batch
+    prediction = single["predictions"][0]
+    assert set(prediction["scores"]) == {"match", "mismatch"}
+    assert prediction["score"] == max(prediction["scores"].values())
+    assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+
+    similar = ok(
+        gateway + "/v1/similarity",
+        {"texts": ["a red circle", "a blue square"], "images": [PNG_B64], "candidate_labels": ["red", "blue"], "head": "align"},
+    )
+    assert similar["space"] == "align" and np.array(similar["scores"]).shape == (2, 1)
+    assert len(similar["zero_shot"]) == 1 and len(similar["zero_shot"][0]) == 2
+    refused = post_json(gateway + "/v1/similarity", {"texts": ["a red circle"], "images": [PNG_B64]})
+    assert refused.status == 400 and b"FAILED_PRECONDITION" in refused.body
+    unknown = post_json(gateway + "/v1/predict", {**item, "head": "no-such-head"})
+    assert unknown.status == 404 and b"no head named" in unknown.body
+
+
+def test_bad_images_get_400_not_500(gateway: str) -> None:
+    cases = {
+        "not an image": base64.b64encode(b"hello").decode(),
+        "too small": base64.b64encode(png_bytes(size=(1, 1))).decode(),
+        "truncated": base64.b64encode(png_bytes()[:60]).decode(),
+    }
+    for name, image in cases.items():
+        outcome = post_json(gateway + "/v1/embed/image", {"images": [image]})
+        assert outcome.status == 400, name
+        assert json.loads(outcome.body)["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_readiness_request_id_and_metrics_move_with_traffic(gateway: str) -> None:
+    assert ok(gateway + "/readyz", None)["status"] == "ready"
+    request = urllib.request.Request(
+        gateway + "/v1/embed/text", data=b'{"texts": ["id"]}',
+        headers={"Content-Type": "application/json", "X-Request-ID": "trace-42"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["X-Request-ID"] == "trace-42"
+
+    def scrape() -> dict:
+        with urllib.request.urlopen(gateway + "/metrics", timeout=10) as response:
+            families = text_string_to_metric_families(response.read().decode())
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+    key = ("mmserve_http_requests_total", (("method", "POST"), ("route", "/v1/embed/text"), ("status", "200")))
+    before = scrape()
+    for _ in range(5):
+        ok(gateway + "/v1/embed/text", {"texts": ["count me"]})
+    after = scrape()
+    assert after[key] - before.get(key, 0) >= 5
+    names = {name for name, _ in after}
+    assert {
+        "mmserve_http_request_duration_seconds_bucket",
+        "mmserve_upstream_request_duration_seconds_bucket",
+        "mmserve_http_requests_in_flight",
+    } <= names
+
+
+def test_api_keys_on_a_second_gateway(text_service, vision_service, fusion_service, log_dir) -> None:
+    keyed = start_service(
+        "gateway",
+        args=["--api-keys", "secret-1,secret-2", "--text-address", text_service.address,
+              "--vision-address", vision_service.address, "--fusion-address", fusion_service.address],
+        log_dir=log_dir,
+    )  # fmt: skip
+    try:
+        url = keyed.url + "/v1/embed/text"
+        assert post_json(url, {"texts": ["a"]}).status == 401
+        assert post_json(url, {"texts": ["a"]}, headers={"Authorization": "Bearer wrong"}).status == 401
+        assert post_json(url, {"texts": ["a"]}, headers={"Authorization": "Bearer secret-2"}).status == 200
+        assert post_json(keyed.url + "/healthz", None).status == 200
+        assert post_json(keyed.url + "/metrics", None).status == 200
+    finally:
+        keyed.stop()
+
+
+def test_openapi_contract_has_no_server_errors(gateway: str) -> None:
+    """Property-based calls generated from the OpenAPI document, valid and invalid (negative)
+    inputs alike: no 5xx, and every response conforms to the document."""
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    schema = schemathesis.openapi.from_url(gateway + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 12
+    calls = 0
+    for operation in operations:
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            def exercise(case) -> None:
+                nonlocal calls
+                calls += 1
+                case.call_and_validate(checks=checks)
+
+            try:
+                exercise()
+            except Unsatisfiable:
+                # An operation with no inputs (GET /v1/models) has no invalid request to generate.
+                assert mode == schemathesis.GenerationMode.NEGATIVE and "requestBody" not in operation.definition.raw
+    print(f"\nschemathesis: {calls} generated calls over {len(operations)} operations, no failures")
