@@ -229,7 +229,9 @@ def _measure(url: str, bodies: list[bytes], requests: int, label: str) -> list[L
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--only", choices=("text", "vision"))
     parser.add_argument("--serve-naive", choices=("text", "vision"), help=argparse.SUPPRESS)

@@ -35,6 +35,8 @@ class GatewayServer(BaseApplication):
             "accesslog": None,
             "loglevel": s.log_level.lower(),
             "child_exit": _mark_worker_dead,
+            # The default control socket is one fixed path per user: several gateways on a host would share it.
+            "control_socket_disable": True,
         }.items():
             self.cfg.set(key, value)
 
@@ -57,10 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     # Several workers share one metrics view through files in a fresh directory.
     metrics_dir = tempfile.mkdtemp(prefix="mmserve-gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    master_pid = os.getpid()
     try:
         GatewayServer(settings).run()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        # Workers are forks of this frame and exit through it too: only the master may remove the
+        # directory, or a worker still booting would find it gone and fail.
+        if os.getpid() == master_pid:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

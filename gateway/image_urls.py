@@ -97,10 +97,14 @@ class ImageUrlFetcher:
         deadline = time.monotonic() + self._timeout_s
         connection = _pinned_connection(scheme, host, port, address, self._timeout_s)
         try:
-            connection.request("GET", target, headers={"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"})
+            connection.request(
+                "GET", target, headers={"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"}
+            )
             response = connection.getresponse()
             if response.status != 200:
-                raise invalid(f"'{where}': fetching the image URL answered HTTP {response.status} (redirects are not followed)")
+                raise invalid(
+                    f"'{where}': fetching the image URL answered HTTP {response.status} (redirects are not followed)"
+                )
             length = response.getheader("Content-Length")
             if length and length.isdigit() and int(length) > self._max_bytes:
                 raise invalid(f"'{where}': the image is larger than {self._max_bytes} bytes")
@@ -121,7 +125,9 @@ class ImageUrlFetcher:
         return b"".join(chunks)
 
 
-def _pinned_connection(scheme: str, host: str, port: int, address: str, timeout_s: float) -> http.client.HTTPConnection:
+def _pinned_connection(
+    scheme: str, host: str, port: int, address: str, timeout_s: float
+) -> http.client.HTTPConnection:
     """A connection to the checked ``address``; HTTPS still verifies the certificate for ``host``."""
     if scheme == "https":
         context = ssl.create_default_context()

@@ -1,70 +1,129 @@
 """The gateway's gRPC backends: one channel each, made once per worker process (after fork).
 
-``call`` is the one place that sets the deadline, forwards the request id, times the call
-and turns a gRPC failure into the API error the client sees.
+``call`` and ``start`` are the one place that sets a call's deadline, forwards the request id,
+times the call and turns a gRPC failure into the API error the client sees. The deadline is the
+request's: every call made for one HTTP request shares its budget (``deadline_s`` from the
+moment the request arrived), so two calls in a row cannot take twice as long.
 """
 
 from __future__ import annotations
 
+import contextvars
 import time
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.errors import from_rpc_error
+from gateway.errors import ApiError, from_rpc_error
 from gateway.metrics import GatewayMetrics
 from mmserve.v1 import fusion_pb2_grpc, text_pb2_grpc, vision_pb2_grpc
 from services.common.channels import ChannelSecurity, create_channel
 from services.common.logs import REQUEST_ID_HEADER, request_id_var
 from services.common.settings import GatewaySettings
 
-READY_TIMEOUT_S = 1.0
+# Readiness must answer before the kubelet's probe times out (1 s by default), whatever the backends do.
+READY_TIMEOUT_S = 0.8
+STUBS = {
+    "text": text_pb2_grpc.TextEncoderServiceStub,
+    "vision": vision_pb2_grpc.VisionEncoderServiceStub,
+    "fusion": fusion_pb2_grpc.FusionServiceStub,
+}
+# time.monotonic() by which the current request's upstream calls must be answered.
+request_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("request_deadline", default=0.0)
 
 
 @dataclass
 class _Backend:
-    name: str
     channel: grpc.Channel
     stub: object
     health: health_pb2_grpc.HealthStub
 
 
+class Pending:
+    """A call under way (see ``Upstreams.start``)."""
+
+    def __init__(self, future: grpc.Future, service: str) -> None:
+        self._future = future
+        self._service = service
+
+    def result(self):
+        try:
+            return self._future.result()
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self._service) from None
+
+    def cancel(self) -> None:
+        self._future.cancel()
+
+
 class Upstreams:
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
-        security = ChannelSecurity(settings.tls_ca_file, settings.tls_client_cert_file, settings.tls_client_key_file)
+        security = ChannelSecurity(
+            settings.tls_ca_file, settings.tls_client_cert_file, settings.tls_client_key_file
+        )
         self._deadline_s = settings.deadline_s
         self._metrics = metrics
+        addresses = {
+            "text": settings.text_address,
+            "vision": settings.vision_address,
+            "fusion": settings.fusion_address,
+        }
         self._backends: dict[str, _Backend] = {}
-        for name, address, stub_class in (
-            ("text", settings.text_address, text_pb2_grpc.TextEncoderServiceStub),
-            ("vision", settings.vision_address, vision_pb2_grpc.VisionEncoderServiceStub),
-            ("fusion", settings.fusion_address, fusion_pb2_grpc.FusionServiceStub),
-        ):
+        for name, address in addresses.items():
             channel = create_channel(address, security, settings.retry_backoff_ms)
-            self._backends[name] = _Backend(name, channel, stub_class(channel), health_pb2_grpc.HealthStub(channel))
+            self._backends[name] = _Backend(
+                channel, STUBS[name](channel), health_pb2_grpc.HealthStub(channel)
+            )
+
+    def _timeout_s(self, service: str) -> float:
+        deadline = request_deadline.get()
+        if not deadline:  # outside a request (tests, scripts): a fresh budget
+            return self._deadline_s
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ApiError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request's deadline passed before calling the {service} service",
+            )
+        return remaining
 
     def call(self, service: str, method: str, request):
-        backend = self._backends[service]
-        rpc = getattr(backend.stub, method)
-        request_id = request_id_var.get()
+        """A blocking call; returns the reply or raises the ApiError the client gets."""
+        rpc = getattr(self._backends[service].stub, method)
+        timeout = self._timeout_s(service)
         began = time.perf_counter()
         code = "OK"
         try:
-            return rpc(request, timeout=self._deadline_s, metadata=((REQUEST_ID_HEADER, request_id),))
+            return rpc(request, timeout=timeout, metadata=((REQUEST_ID_HEADER, request_id_var.get()),))
         except grpc.RpcError as error:
             code = error.code().name if hasattr(error, "code") else "UNKNOWN"
             raise from_rpc_error(error, service) from None
         finally:
             self._metrics.upstream.labels(service, method, code).observe(time.perf_counter() - began)
 
+    def start(self, service: str, method: str, request) -> Pending:
+        """Starts a call without waiting, so independent calls run in parallel."""
+        rpc = getattr(self._backends[service].stub, method)
+        timeout = self._timeout_s(service)
+        began = time.perf_counter()
+        future = rpc.future(request, timeout=timeout, metadata=((REQUEST_ID_HEADER, request_id_var.get()),))
+
+        def observe(done: grpc.Future) -> None:
+            code = done.code()
+            name = code.name if code is not None else "UNKNOWN"
+            self._metrics.upstream.labels(service, method, name).observe(time.perf_counter() - began)
+
+        future.add_done_callback(observe)
+        return Pending(future, service)
+
     def not_serving(self) -> list[str]:
-        """Backends whose grpc.health.v1 check is not SERVING right now."""
-        down = []
+        """Backends whose grpc.health.v1 check is not SERVING right now (checked in parallel)."""
         futures = {
-            name: b.health.Check.future(health_pb2.HealthCheckRequest(), timeout=READY_TIMEOUT_S)
-            for name, b in self._backends.items()
+            name: backend.health.Check.future(health_pb2.HealthCheckRequest(), timeout=READY_TIMEOUT_S)
+            for name, backend in self._backends.items()
         }
+        down = []
         for name, future in futures.items():
             try:
                 if future.result().status != health_pb2.HealthCheckResponse.SERVING:
@@ -72,3 +131,17 @@ class Upstreams:
             except grpc.RpcError:
                 down.append(name)
         return down
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.channel.close()
+
+
+def wait_all(pending: list[Pending]) -> list:
+    """The replies of calls started together; on the first failure the others are cancelled."""
+    try:
+        return [call.result() for call in pending]
+    except ApiError:
+        for call in pending:
+            call.cancel()
+        raise

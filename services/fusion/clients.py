@@ -81,7 +81,9 @@ InfoCall = Callable[[float], Awaitable[common_pb2.ModelInfo]]
 class EncoderClient:
     """One encoder (text or vision) behind one channel, and the model it is known to serve."""
 
-    def __init__(self, name: str, channel: grpc.aio.Channel, embed_call: EmbedCall, info_call: InfoCall) -> None:
+    def __init__(
+        self, name: str, channel: grpc.aio.Channel, embed_call: EmbedCall, info_call: InfoCall
+    ) -> None:
         self.name = name
         self._channel = channel
         self._embed_call = embed_call
@@ -96,7 +98,9 @@ class EncoderClient:
         return self._last_known
 
     def start(self) -> None:
-        self._watch = asyncio.get_running_loop().create_task(self._forget_on_disconnect(), name=f"{self.name}-watch")
+        self._watch = asyncio.get_running_loop().create_task(
+            self._forget_on_disconnect(), name=f"{self.name}-watch"
+        )
 
     async def close(self) -> None:
         if self._watch is not None:
@@ -120,14 +124,18 @@ class EncoderClient:
             _LOGGER.warning(
                 "%s encoder changed model",
                 self.name,
-                extra={"fields": {"was": dataclasses.asdict(self._last_known), "now": dataclasses.asdict(info)}},
+                extra={
+                    "fields": {"was": dataclasses.asdict(self._last_known), "now": dataclasses.asdict(info)}
+                },
             )
         self._info = self._last_known = info
         return info
 
     async def model_info(self, deadline: float | None = None) -> EncoderInfo:
         """Reads the encoder's model info now (and remembers it)."""
-        timeout = MODEL_INFO_TIMEOUT_S if deadline is None else min(MODEL_INFO_TIMEOUT_S, timeout_until(deadline))
+        timeout = (
+            MODEL_INFO_TIMEOUT_S if deadline is None else min(MODEL_INFO_TIMEOUT_S, timeout_until(deadline))
+        )
         try:
             reply = await self._info_call(timeout)
         except grpc.aio.AioRpcError as error:
@@ -174,7 +182,9 @@ class EncoderClients:
     """Both encoders; ``dns:///`` targets spread calls over replicas (see services.common.channels)."""
 
     def __init__(self, settings: FusionSettings) -> None:
-        security = ChannelSecurity(settings.tls_ca_file, settings.tls_client_cert_file, settings.tls_client_key_file)
+        security = ChannelSecurity(
+            settings.tls_ca_file, settings.tls_client_cert_file, settings.tls_client_key_file
+        )
         text_channel = create_aio_channel(settings.text_address, security)
         vision_channel = create_aio_channel(settings.vision_address, security)
         text = text_pb2_grpc.TextEncoderServiceStub(text_channel)

@@ -25,6 +25,7 @@ from services.fusion.heads import (
     WEIGHTS_FILE,
     Head,
     HeadManifest,
+    IncompatibleHead,
     check_compatible,
     load_head,
 )
@@ -88,7 +89,7 @@ class HeadRegistry:
         if head is not None:
             return head
         if name in self._refused:
-            raise FailedPrecondition(self._refused[name])
+            raise IncompatibleHead(self._refused[name])
         if name in self._unloadable and name not in self._loaded:
             raise FailedPrecondition(f"head {name!r} is not served: {self._unloadable[name][1]}")
         raise NotFound(f"no head named {name!r}; served heads: {', '.join(sorted(self._served)) or 'none'}")

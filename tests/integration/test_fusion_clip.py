@@ -20,6 +20,7 @@ from services.common.matrix import from_matrix
 
 WORDS = ["a", "photo", "of", "red", "blue", "cat", "dog", "circle", "square"]
 TEXTS = ["a photo of a cat", "a blue square", "a red circle"]
+LABELS = ["cat", "dog", "square"]
 
 
 def png(seed: int) -> bytes:
@@ -38,24 +39,28 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     CLIPTokenizerFast(
         vocab_file=str(directory / "vocab.json"), merges_file=str(directory / "merges.txt")
     ).save_pretrained(directory)
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        directory
+    )
     text = {"vocab_size": len(tokens), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 2, "max_position_embeddings": 24, "bos_token_id": 0, "eos_token_id": 1,
             "pad_token_id": 1}  # fmt: skip
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
               "image_size": 32, "patch_size": 8}  # fmt: skip
     torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(directory)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(
+        directory
+    )
     return directory
 
 
-def in_process_similarity(clip_dir: Path, images: list[bytes]) -> np.ndarray:
+def in_process_similarity(clip_dir: Path, texts: list[str], images: list[bytes]) -> np.ndarray:
     model = CLIPModel.from_pretrained(clip_dir).eval()
     tokenizer = CLIPTokenizerFast.from_pretrained(clip_dir)
     processor = CLIPImageProcessorPil.from_pretrained(clip_dir)
     pixels = processor([Image.open(io.BytesIO(b)).convert("RGB") for b in images], return_tensors="pt")
     with torch.no_grad():
-        text = model.get_text_features(**tokenizer(TEXTS, padding=True, return_tensors="pt"))
+        text = model.get_text_features(**tokenizer(texts, padding=True, return_tensors="pt"))
         image = model.get_image_features(**pixels)
     text = getattr(text, "pooler_output", text)
     image = getattr(image, "pooler_output", image)
@@ -64,7 +69,9 @@ def in_process_similarity(clip_dir: Path, images: list[bytes]) -> np.ndarray:
     return (text @ image.T).numpy()
 
 
-def test_clip_pair_similarity_and_zero_shot_match_the_in_process_model(clip_dir: Path, tmp_path: Path, log_dir) -> None:
+def test_clip_pair_similarity_and_zero_shot_match_the_in_process_model(
+    clip_dir: Path, tmp_path: Path, log_dir
+) -> None:
     started = []
     try:
         text = start_service("text", args=["--model", str(clip_dir)], log_dir=log_dir)
@@ -73,7 +80,14 @@ def test_clip_pair_similarity_and_zero_shot_match_the_in_process_model(clip_dir:
         started.append(vision)
         fusion = start_service(
             "fusion",
-            args=["--text-address", text.address, "--vision-address", vision.address, "--heads-dir", str(tmp_path)],
+            args=[
+                "--text-address",
+                text.address,
+                "--vision-address",
+                vision.address,
+                "--heads-dir",
+                str(tmp_path),
+            ],
             log_dir=log_dir,
         )
         started.append(fusion)
@@ -81,16 +95,29 @@ def test_clip_pair_similarity_and_zero_shot_match_the_in_process_model(clip_dir:
         with grpc.insecure_channel(fusion.address) as channel:
             stub = fusion_pb2_grpc.FusionServiceStub(channel)
             reply = stub.Similarity(
-                fusion_pb2.SimilarityRequest(texts=TEXTS, images=images, candidate_labels=["cat", "dog", "square"]),
+                fusion_pb2.SimilarityRequest(texts=TEXTS, images=images, candidate_labels=LABELS),
                 timeout=60,
             )
         assert reply.space == "native"
-        np.testing.assert_allclose(from_matrix(reply.scores), in_process_similarity(clip_dir, images), atol=1e-4)
+        np.testing.assert_allclose(
+            from_matrix(reply.scores), in_process_similarity(clip_dir, TEXTS, images), atol=1e-4
+        )
         assert len(reply.zero_shot) == len(images)
+        # Zero-shot is CLIP's recipe: prompts, softmax over labels at CLIP's logit scale (100).
+        prompts = [f"a photo of a {label}." for label in LABELS]
+        logits = 100.0 * in_process_similarity(clip_dir, prompts, images).T  # [images, labels]
+        expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+        expected /= expected.sum(axis=1, keepdims=True)
+        for result, row in zip(reply.zero_shot, expected, strict=True):
+            assert {label.label: label.score for label in result.labels} == pytest.approx(
+                dict(zip(LABELS, row.tolist(), strict=True)), abs=1e-3
+            )
         for result in reply.zero_shot:
-            assert {label.label for label in result.labels} == {"cat", "dog", "square"}
+            assert {label.label for label in result.labels} == set(LABELS)
             assert sum(label.score for label in result.labels) == pytest.approx(1.0, abs=1e-4)
-            assert [label.score for label in result.labels] == sorted((label.score for label in result.labels), reverse=True)
+            assert [label.score for label in result.labels] == sorted(
+                (label.score for label in result.labels), reverse=True
+            )
     finally:
         for service in reversed(started):
             service.stop()

@@ -88,14 +88,20 @@ def test_predict_and_embed_over_grpc_equal_the_in_process_head(
     accuracy = np.mean([p.label == row["label"] for p, row in zip(reply.predictions, demo_rows, strict=True)])
     assert accuracy >= 0.75
 
-    fused = fusion.Embed(fusion_pb2.FusionEmbedRequest(inputs=inputs_of(demo_rows[:4]), head="match"), timeout=30)
+    fused = fusion.Embed(
+        fusion_pb2.FusionEmbedRequest(inputs=inputs_of(demo_rows[:4]), head="match"), timeout=30
+    )
     np.testing.assert_allclose(from_matrix(fused.embeddings), head.embed(text[:4], image[:4]), atol=1e-5)
 
 
-def test_a_missing_modality_follows_the_head_rule(fusion, served_demo_heads, demo_rows, text_service, vision_service) -> None:
+def test_a_missing_modality_follows_the_head_rule(
+    fusion, served_demo_heads, demo_rows, text_service, vision_service
+) -> None:
     head = load_head(served_demo_heads / "match")
     text, _ = encoder_embeddings(text_service, vision_service, demo_rows[:3])
-    reply = fusion.Predict(fusion_pb2.PredictRequest(inputs=inputs_of(demo_rows[:3], image=False), head="match"), timeout=30)
+    reply = fusion.Predict(
+        fusion_pb2.PredictRequest(inputs=inputs_of(demo_rows[:3], image=False), head="match"), timeout=30
+    )
     served = np.array([[s.score for s in p.scores] for p in reply.predictions])
     np.testing.assert_allclose(served, head.predict_proba(text, None), atol=1e-5)
 
@@ -113,7 +119,9 @@ def test_alignment_head_ranks_matching_captions_first(fusion, served_demo_heads,
     rows = [json.loads(line) for line in (directory / "align.jsonl").read_text().splitlines()[-20:]]
     captions = [r["text"] for r in rows]
     images = [(directory / r["image"]).read_bytes() for r in rows]
-    reply = fusion.Similarity(fusion_pb2.SimilarityRequest(texts=captions, images=images, head="align"), timeout=60)
+    reply = fusion.Similarity(
+        fusion_pb2.SimilarityRequest(texts=captions, images=images, head="align"), timeout=60
+    )
     scores = from_matrix(reply.scores)  # [texts, images]
     top1 = float(np.mean(scores.argmax(axis=0) == np.arange(len(rows))))
     print(f"\nalignment head through gRPC: image -> caption top-1 = {top1:.2f} over {len(rows)} images")
@@ -122,12 +130,30 @@ def test_alignment_head_ranks_matching_captions_first(fusion, served_demo_heads,
 
 def test_bad_requests_are_refused_with_clear_codes(fusion, served_demo_heads, demo_rows) -> None:
     cases = [
-        (fusion_pb2.PredictRequest(inputs=[], head="match"), grpc.StatusCode.INVALID_ARGUMENT, "at least one"),
-        (fusion_pb2.PredictRequest(inputs=[fusion_pb2.MultimodalInput()], head="match"), grpc.StatusCode.INVALID_ARGUMENT, "needs a text"),
-        (fusion_pb2.PredictRequest(inputs=inputs_of(demo_rows[:1]), head="nope"), grpc.StatusCode.NOT_FOUND, "no head named"),
-        (fusion_pb2.PredictRequest(inputs=inputs_of(demo_rows[:1]), head="align"), grpc.StatusCode.FAILED_PRECONDITION, "alignment"),
         (
-            fusion_pb2.PredictRequest(inputs=[fusion_pb2.MultimodalInput(text="x", image=b"not an image")], head="match"),
+            fusion_pb2.PredictRequest(inputs=[], head="match"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "at least one",
+        ),
+        (
+            fusion_pb2.PredictRequest(inputs=[fusion_pb2.MultimodalInput()], head="match"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "needs a text",
+        ),
+        (
+            fusion_pb2.PredictRequest(inputs=inputs_of(demo_rows[:1]), head="nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "no head named",
+        ),
+        (
+            fusion_pb2.PredictRequest(inputs=inputs_of(demo_rows[:1]), head="align"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "alignment",
+        ),
+        (
+            fusion_pb2.PredictRequest(
+                inputs=[fusion_pb2.MultimodalInput(text="x", image=b"not an image")], head="match"
+            ),
             grpc.StatusCode.INVALID_ARGUMENT,
             "images[0]",
         ),
@@ -138,7 +164,9 @@ def test_bad_requests_are_refused_with_clear_codes(fusion, served_demo_heads, de
         assert caught.value.code() == code and message in caught.value.details(), caught.value.details()
 
 
-def test_heads_for_other_encoders_and_corrupt_heads_are_refused(fusion, served_demo_heads: Path, demo_rows) -> None:
+def test_heads_for_other_encoders_and_corrupt_heads_are_refused(
+    fusion, served_demo_heads: Path, demo_rows
+) -> None:
     foreign = served_demo_heads / "foreign"
     shutil.copytree(served_demo_heads / "match", foreign)
     manifest = json.loads((foreign / "manifest.json").read_text())
@@ -160,7 +188,9 @@ def test_heads_for_other_encoders_and_corrupt_heads_are_refused(fusion, served_d
     assert "was trained on text encoder BAAI/bge-small-en-v1.5" in caught.value.details()
     assert "foreign" not in served_heads(fusion)
 
-    before = fusion.Predict(fusion_pb2.PredictRequest(inputs=inputs_of(demo_rows[:2]), head="hot"), timeout=30)
+    before = fusion.Predict(
+        fusion_pb2.PredictRequest(inputs=inputs_of(demo_rows[:2]), head="hot"), timeout=30
+    )
     (hot / "head.safetensors").write_bytes(b"\x00garbage, not safetensors")
     time.sleep(1.5)  # three rescans
     after = fusion.Predict(fusion_pb2.PredictRequest(inputs=inputs_of(demo_rows[:2]), head="hot"), timeout=30)
@@ -168,19 +198,50 @@ def test_heads_for_other_encoders_and_corrupt_heads_are_refused(fusion, served_d
     assert [p.score for p in after.predictions] == [p.score for p in before.predictions]
 
 
-def test_vision_down_fails_image_requests_fast_and_recovers(text_service, demo_heads: Path, tmp_path: Path, log_dir) -> None:
+@pytest.fixture(scope="module")
+def other_vision_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP vision tower: an image encoder the demo heads were not trained on."""
+    import torch
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    directory = tmp_path_factory.mktemp("other-vision-model")
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=30,
+        patch_size=10, projection_dim=16,
+    )  # fmt: skip
+    CLIPVisionModelWithProjection(config).save_pretrained(directory)
+    CLIPImageProcessorPil(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(
+        directory
+    )
+    return directory
+
+
+def test_vision_down_fails_fast_a_changed_model_is_refused_and_recovery_needs_no_restart(
+    text_service, demo_heads: Path, other_vision_model: Path, tmp_path: Path, log_dir
+) -> None:
     shutil.copytree(demo_heads / "match", tmp_path / "match")
     vision = start_service("vision", log_dir=log_dir)
     fusion_process = start_service(
         "fusion",
-        args=["--text-address", text_service.address, "--vision-address", vision.address, "--heads-dir", str(tmp_path)],
+        args=[
+            "--text-address",
+            text_service.address,
+            "--vision-address",
+            vision.address,
+            "--heads-dir",
+            str(tmp_path),
+            # Long enough that no periodic rescan can be what notices the encoder's new model.
+            "--heads-reload-interval-s",
+            "600",
+        ],  # fmt: skip
         log_dir=log_dir,
     )
     rows = [{"text": "a red circle", "image_bytes": _png()}]
     try:
         with grpc.insecure_channel(fusion_process.address) as channel:
             stub = fusion_pb2_grpc.FusionServiceStub(channel)
-            wait_until(lambda: "match" in served_heads(stub), what="match head")
+            assert "match" in served_heads(stub)
             both = fusion_pb2.PredictRequest(inputs=inputs_of(rows), head="match")
             text_only = fusion_pb2.PredictRequest(inputs=inputs_of(rows, image=False), head="match")
             assert stub.Predict(both, timeout=30).predictions
@@ -192,19 +253,37 @@ def test_vision_down_fails_image_requests_fast_and_recovers(text_service, demo_h
             print(f"\nvision down: UNAVAILABLE after {elapsed * 1000:.0f} ms (deadline 10 s)")
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and elapsed < 1.0
             assert stub.Predict(text_only, timeout=30).predictions, "text-only requests still work"
+
+            # Back on the same port with another model: refused at once, never run through the head.
+            other = start_service(
+                "vision", port=vision.port, args=["--model", str(other_vision_model)], log_dir=log_dir
+            )
+            try:
+                codes = []
+                wait_until(
+                    lambda: (
+                        codes.append(_code(stub, both)) or codes[-1][0] == grpc.StatusCode.FAILED_PRECONDITION
+                    ),
+                    what="the new vision model to be refused",
+                )
+                assert grpc.StatusCode.OK not in [code for code, _ in codes]
+                assert "was trained on image encoder efficientnet" in codes[-1][1]
+            finally:
+                other.stop()
+
             vision.spawn().wait_ready(120)
-            wait_until(lambda: _succeeds(stub, both), timeout_s=10, what="image requests to recover")
+            wait_until(lambda: _code(stub, both)[0] == grpc.StatusCode.OK, what="image requests to recover")
     finally:
         fusion_process.stop()
         vision.stop()
 
 
-def _succeeds(stub, request) -> bool:
+def _code(stub, request) -> tuple[grpc.StatusCode, str]:
     try:
         stub.Predict(request, timeout=5)
-        return True
-    except grpc.RpcError:
-        return False
+    except grpc.RpcError as error:
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
 
 
 def _png() -> bytes:

@@ -76,11 +76,17 @@ def test_text_image_and_openai_embeddings_agree(gateway: str) -> None:
 def test_multipart_upload_equals_json_base64(gateway: str) -> None:
     boundary = "mmserve-boundary"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"red.png\"\r\n"
-        "Content-Type: image/png\r\n\r\n"
-    ).encode() + png_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="red.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     request = urllib.request.Request(
-        gateway + "/v1/embed/image", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        gateway + "/v1/embed/image",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         uploaded = json.loads(response.read())
@@ -114,7 +120,12 @@ def test_fused_embed_predict_and_similarity(gateway: str) -> None:
 
     similar = ok(
         gateway + "/v1/similarity",
-        {"texts": ["a red circle", "a blue square"], "images": [PNG_B64], "candidate_labels": ["red", "blue"], "head": "align"},
+        {
+            "texts": ["a red circle", "a blue square"],
+            "images": [PNG_B64],
+            "candidate_labels": ["red", "blue"],
+            "head": "align",
+        },
     )
     assert similar["space"] == "align" and np.array(similar["scores"]).shape == (2, 1)
     assert len(similar["zero_shot"]) == 1 and len(similar["zero_shot"][0]) == 2
@@ -150,7 +161,10 @@ def test_readiness_request_id_and_metrics_move_with_traffic(gateway: str) -> Non
             families = text_string_to_metric_families(response.read().decode())
             return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
 
-    key = ("mmserve_http_requests_total", (("method", "POST"), ("route", "/v1/embed/text"), ("status", "200")))
+    key = (
+        "mmserve_http_requests_total",
+        (("method", "POST"), ("route", "/v1/embed/text"), ("status", "200")),
+    )
     before = scrape()
     for _ in range(5):
         ok(gateway + "/v1/embed/text", {"texts": ["count me"]})
@@ -192,7 +206,12 @@ def test_openapi_contract_has_no_server_errors(gateway: str) -> None:
         status_code_conformance,
     )
 
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
     schema = schemathesis.openapi.from_url(gateway + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 12
@@ -211,5 +230,8 @@ def test_openapi_contract_has_no_server_errors(gateway: str) -> None:
                 exercise()
             except Unsatisfiable:
                 # An operation with no inputs (GET /v1/models) has no invalid request to generate.
-                assert mode == schemathesis.GenerationMode.NEGATIVE and "requestBody" not in operation.definition.raw
+                assert (
+                    mode == schemathesis.GenerationMode.NEGATIVE
+                    and "requestBody" not in operation.definition.raw
+                )
     print(f"\nschemathesis: {calls} generated calls over {len(operations)} operations, no failures")

@@ -18,13 +18,17 @@ from gateway.image_urls import ImageUrlFetcher, is_public_address
 PUBLIC = "93.184.216.34"
 
 
-def fetcher(resolved: dict[str, list[str]], allowlist: str = "images.example.com", **kwargs) -> ImageUrlFetcher:
+def fetcher(
+    resolved: dict[str, list[str]], allowlist: str = "images.example.com", **kwargs
+) -> ImageUrlFetcher:
     def resolve(host: str, _port: int) -> list[str]:
         if host not in resolved:
             raise OSError("no such host")
         return resolved[host]
 
-    return ImageUrlFetcher(allowlist, timeout_s=2.0, max_bytes=kwargs.pop("max_bytes", 1000), resolve=resolve, **kwargs)
+    return ImageUrlFetcher(
+        allowlist, timeout_s=2.0, max_bytes=kwargs.pop("max_bytes", 1000), resolve=resolve, **kwargs
+    )
 
 
 def refusal(fetch: ImageUrlFetcher, url: str) -> str:
@@ -47,7 +51,9 @@ def test_non_public_addresses_are_refused(address: str) -> None:
 
 def test_public_addresses_pass() -> None:
     assert is_public_address(PUBLIC) and is_public_address("2606:2800:220:1::1")
-    scheme, host, port, address = fetcher({"images.example.com": [PUBLIC]}).check("https://Images.Example.com/a.png", "x")
+    scheme, host, port, address = fetcher({"images.example.com": [PUBLIC]}).check(
+        "https://Images.Example.com/a.png", "x"
+    )
     assert (scheme, host, port, address) == ("https", "images.example.com", 443, PUBLIC)
 
 

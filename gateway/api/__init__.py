@@ -1,0 +1,1 @@
+"""The gateway's HTTP API: versioned resource blueprints (``v1``) and the service routes."""

@@ -1,0 +1,86 @@
+"""Routes about the service itself, open even when API keys are set: liveness, readiness,
+Prometheus metrics, the OpenAPI document and Swagger UI (served from the installed
+swagger-ui-bundle package, never a CDN, so /docs works offline and in locked-down clusters)."""
+
+from __future__ import annotations
+
+import grpc
+from flask import Blueprint, Response, abort, current_app, send_from_directory
+
+from gateway.api.shapes import STR, obj
+from gateway.encoding import json_response
+from gateway.endpoints import endpoint, state
+from gateway.errors import ApiError
+
+service = Blueprint("service", __name__)
+
+OPENAPI_KEY = "mmserve.openapi"  # the document's JSON text, built once by create_app
+_SWAGGER_FILES = frozenset(
+    {"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"}
+)
+_SWAGGER_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mmserve API</title>
+<link rel="icon" type="image/png" href="/docs/static/favicon-32x32.png">
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});</script>
+</body></html>"""
+
+
+@endpoint(
+    service,
+    "GET",
+    "/healthz",
+    summary="Liveness: the process answers",
+    response=obj({"status": STR}, ["status"]),
+)
+def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@endpoint(
+    service, "GET", "/readyz",
+    summary="Readiness: every backend reports SERVING over grpc.health.v1",
+    response=obj({"status": STR}, ["status"]),
+)  # fmt: skip
+def readyz() -> Response:
+    down = state().upstreams.not_serving()
+    if down:
+        raise ApiError(grpc.StatusCode.UNAVAILABLE, f"not ready: {', '.join(down)} not serving")
+    return json_response({"status": "ready"})
+
+
+@endpoint(
+    service, "GET", "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    response={"type": "string"}, response_type="text/plain",
+)  # fmt: skip
+def metrics() -> Response:
+    return Response(state().metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@endpoint(service, "GET", "/openapi.json", summary="This OpenAPI document", response={"type": "object"})
+def openapi() -> Response:
+    return Response(current_app.extensions[OPENAPI_KEY], mimetype="application/json")
+
+
+@endpoint(
+    service,
+    "GET",
+    "/docs",
+    summary="Swagger UI for this API",
+    response={"type": "string"},
+    response_type="text/html",
+)
+def docs() -> Response:
+    return Response(_SWAGGER_PAGE, mimetype="text/html")
+
+
+@service.get("/docs/static/<name>")
+def docs_static(name: str) -> Response:
+    if name not in _SWAGGER_FILES:
+        abort(404)
+    import swagger_ui_bundle  # only /docs needs it
+
+    return send_from_directory(swagger_ui_bundle.swagger_ui_path, name, max_age=86400)

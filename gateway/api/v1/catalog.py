@@ -1,0 +1,110 @@
+"""What is served: the encoders' models and the fusion heads."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response
+
+from gateway.api.shapes import INT, STR, array, obj
+from gateway.encoding import json_response
+from gateway.endpoints import endpoint, state
+from gateway.upstreams import wait_all
+from mmserve.v1 import common_pb2, fusion_pb2
+
+catalog = Blueprint("catalog", __name__, url_prefix="/v1")
+
+MODEL = obj(
+    {
+        "id": STR,
+        "object": {"type": "string", "enum": ["model"]},
+        "modality": {"type": "string", "enum": ["text", "image", "fused", "unspecified"]},
+        "revision": STR,
+        "embedding_dim": INT,
+        "device": STR,
+        "dtype": STR,
+        "max_batch_size": INT,
+        "max_input_tokens": INT,
+        "num_labels": INT,
+    },
+    ["id", "object", "modality", "embedding_dim"],
+)
+
+
+def _model(info: common_pb2.ModelInfo) -> dict:
+    return {
+        "id": info.model_id,
+        "object": "model",
+        "modality": common_pb2.Modality.Name(info.modality).removeprefix("MODALITY_").lower(),
+        "revision": info.revision,
+        "embedding_dim": info.embedding_dim,
+        "device": info.device,
+        "dtype": info.dtype,
+        "max_batch_size": info.max_batch_size,
+        "max_input_tokens": info.max_input_tokens,
+        "num_labels": info.num_labels,
+    }
+
+
+@endpoint(
+    catalog, "GET", "/models",
+    summary="The encoders' models (id, revision, dimension, device, limits)",
+    response=obj({"object": {"type": "string", "enum": ["list"]}, "data": array(MODEL)}, ["object", "data"]),
+)  # fmt: skip
+def models() -> Response:
+    upstreams = state().upstreams
+    calls = [
+        upstreams.start(service, "GetModelInfo", common_pb2.GetModelInfoRequest())
+        for service in ("text", "vision")
+    ]
+    return json_response({"object": "list", "data": [_model(info) for info in wait_all(calls)]})
+
+
+HEAD = obj(
+    {
+        "name": STR,
+        "task": {"type": "string", "description": "classification or alignment"},
+        "strategy": {"type": "string", "description": "weighted_sum, concat_mlp, gated or alignment"},
+        "labels": array(STR),
+        "text_model_id": STR,
+        "vision_model_id": STR,
+        "embedding_dim": INT,
+        "metrics": {"type": "object", "description": "training metrics from the head's manifest"},
+    },
+    ["name", "task", "strategy", "labels"],
+)
+
+
+def _metrics(text: str) -> dict:
+    try:
+        # NaN/Infinity (a diverged run) would make the response invalid JSON.
+        value = json.loads(text, parse_constant=lambda _name: None) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@endpoint(
+    catalog, "GET", "/heads",
+    summary="The fusion heads being served",
+    response=obj({"heads": array(HEAD)}, ["heads"]),
+)  # fmt: skip
+def heads() -> Response:
+    reply = state().upstreams.call("fusion", "ListHeads", fusion_pb2.ListHeadsRequest())
+    return json_response(
+        {
+            "heads": [
+                {
+                    "name": h.name,
+                    "task": h.task,
+                    "strategy": h.strategy,
+                    "labels": list(h.labels),
+                    "text_model_id": h.text_model_id,
+                    "vision_model_id": h.vision_model_id,
+                    "embedding_dim": h.embedding_dim,
+                    "metrics": _metrics(h.metrics_json),
+                }
+                for h in reply.heads
+            ]
+        }
+    )

@@ -1,0 +1,303 @@
+"""Embeddings: OpenAI-compatible ``/v1/embeddings`` (images as an extension) and the native
+``/v1/embed/text``, ``/v1/embed/image`` and fused ``/v1/embed`` routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response
+
+from gateway.api.shapes import BOOL, ENCODING_FORMAT, INT, STR, VECTOR, VECTORS, array, obj
+from gateway.encoding import json_response, vector_rows
+from gateway.endpoints import endpoint, state
+from gateway.errors import invalid
+from gateway.schema import Context, Field, Image, Integer, ListOf, Object, String, Text
+from gateway.upstreams import Pending, wait_all
+from mmserve.v1 import fusion_pb2, text_pb2, vision_pb2
+from services.common.matrix import from_matrix
+
+embeddings = Blueprint("embeddings", __name__, url_prefix="/v1")
+
+TEXT = Text()
+IMAGE = Image()
+
+
+@dataclass(frozen=True)
+class EmbeddingInput(Field):
+    """OpenAI's ``input``: a string or a list of them; as an extension, list items may be
+    ``{"type": "image", "image": ...}`` (or ``{"type": "text", "text": ...}``)."""
+
+    description: str = (
+        'A text, or a list of texts; list items may also be {"type": "image", "image": <base64 or data URL>} '
+        "(mmserve extension: texts go to the text encoder, images to the vision encoder, order is kept)."
+    )
+
+    def parse(self, value: Any, where: str, ctx: Context) -> list[tuple[str, str | bytes]]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise invalid(f"'{where}' must be a string or a list")
+        if not items:
+            raise invalid(f"'{where}' must contain at least 1 item")
+        if len(items) > ctx.max_items:
+            raise invalid(f"too many items in '{where}': {len(items)} (limit {ctx.max_items})")
+        parsed: list[tuple[str, str | bytes]] = []
+        for index, item in enumerate(items):
+            path = f"{where}[{index}]" if not isinstance(value, str) else where
+            kind = item.get("type") if isinstance(item, dict) else None
+            if isinstance(item, str):
+                parsed.append(("text", TEXT.parse(item, path, ctx)))
+            elif kind == "image":
+                parsed.append(("image", IMAGE.parse(item.get("image"), f"{path}.image", ctx)))
+            elif kind == "text":
+                parsed.append(("text", TEXT.parse(item.get("text"), f"{path}.text", ctx)))
+            elif isinstance(item, int | list):
+                raise invalid(f"'{path}': token arrays are not supported; send the text itself")
+            else:
+                raise invalid(f'\'{path}\' must be a string or {{"type": "image", "image": <base64>}}')
+        return parsed
+
+    def openapi(self, max_items: int) -> dict[str, Any]:
+        item = {
+            "oneOf": [
+                TEXT.openapi(max_items),
+                obj(
+                    {"type": {"type": "string", "enum": ["image"]}, "image": IMAGE.openapi(max_items)},
+                    ["type", "image"],
+                ),
+                obj(
+                    {"type": {"type": "string", "enum": ["text"]}, "text": TEXT.openapi(max_items)},
+                    ["type", "text"],
+                ),
+            ]
+        }
+        listed = {"type": "array", "items": item, "minItems": 1, "maxItems": max_items}
+        return {"oneOf": [TEXT.openapi(max_items), listed], "description": self.description}
+
+
+OPENAI_REQUEST = Object(
+    {
+        "input": EmbeddingInput(),
+        "model": String(
+            "Accepted for compatibility; the served encoders answer (GET /v1/models lists them)."
+        ),
+        "encoding_format": ENCODING_FORMAT,
+        "dimensions": Integer(
+            1, 1_000_000, None, "Keep the first N components, re-normalised to unit length."
+        ),
+    },
+    required=("input",),
+    example={"input": ["a photo of a cat", "a dog"], "model": "all-MiniLM-L6-v2"},
+)
+OPENAI_RESPONSE = obj(
+    {
+        "object": {"type": "string", "enum": ["list"]},
+        "data": array(
+            obj({"object": {"type": "string", "enum": ["embedding"]}, "index": INT, "embedding": VECTOR},
+                ["object", "index", "embedding"])
+        ),
+        "model": STR,
+        "usage": obj({"prompt_tokens": INT, "total_tokens": INT}, ["prompt_tokens", "total_tokens"]),
+    },
+    ["object", "data", "model", "usage"],
+)  # fmt: skip
+
+
+@endpoint(
+    embeddings, "POST", "/embeddings",
+    summary="OpenAI-compatible embeddings (texts; images as {type: image} items)",
+    description="Works with OpenAI's clients unchanged (they ask for base64 by default). "
+    "`usage` counts the tokens the text encoder saw; images count no tokens.",
+    body=OPENAI_REQUEST, response=OPENAI_RESPONSE,
+)  # fmt: skip
+def openai_embeddings(body: dict) -> Response:
+    items: list[tuple[str, Any]] = body["input"]
+    upstreams = state().upstreams
+    groups: dict[str, list[int]] = {"text": [], "image": []}
+    for index, (kind, _) in enumerate(items):
+        groups[kind].append(index)
+    calls: dict[str, Pending] = {}
+    # Texts and images go to different encoders: ask both at once.
+    if groups["text"]:
+        texts = [items[i][1] for i in groups["text"]]
+        calls["text"] = upstreams.start("text", "Embed", text_pb2.EmbedTextRequest(texts=texts))
+    if groups["image"]:
+        images = [items[i][1] for i in groups["image"]]
+        calls["image"] = upstreams.start("vision", "Embed", vision_pb2.EmbedImageRequest(images=images))
+    replies = dict(zip(calls, wait_all(list(calls.values())), strict=True))
+
+    vectors: list[Any] = [None] * len(items)
+    models = []
+    for kind, reply in replies.items():
+        matrix = from_matrix(reply.embeddings)
+        if body["dimensions"] is not None:
+            matrix = _leading_components(matrix, body["dimensions"])
+        for index, row in zip(groups[kind], vector_rows(matrix, body["encoding_format"]), strict=True):
+            vectors[index] = row
+        models.append(reply.model_id)
+    tokens = int(sum(replies["text"].token_counts)) if "text" in replies else 0
+    return json_response(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "model": "+".join(models),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+def _leading_components(matrix: np.ndarray, dimensions: int) -> np.ndarray:
+    """OpenAI's ``dimensions``: the first components of each vector, re-normalised."""
+    if dimensions > matrix.shape[1]:
+        raise invalid(f"'dimensions' is {dimensions} but the model's embeddings have {matrix.shape[1]}")
+    head = matrix[:, :dimensions]
+    return head / np.maximum(np.linalg.norm(head, axis=1, keepdims=True), 1e-12)
+
+
+EMBED_TEXT = Object(
+    {"texts": ListOf(TEXT), "encoding_format": ENCODING_FORMAT},
+    required=("texts",),
+    example={"texts": ["a photo of a cat", "stock markets fell sharply"]},
+)
+EMBED_TEXT_RESPONSE = obj(
+    {
+        "model": STR,
+        "embeddings": VECTORS,
+        "token_counts": {**array(INT), "description": "tokens the model saw per text, after truncation"},
+        "truncated": {**array(BOOL), "description": "true where a text was cut to the model's limit"},
+    },
+    ["model", "embeddings", "token_counts", "truncated"],
+)
+
+
+@endpoint(
+    embeddings, "POST", "/embed/text",
+    summary="Text embeddings (one L2-normalised vector per text)",
+    body=EMBED_TEXT, response=EMBED_TEXT_RESPONSE,
+)  # fmt: skip
+def embed_text(body: dict) -> Response:
+    reply = state().upstreams.call("text", "Embed", text_pb2.EmbedTextRequest(texts=body["texts"]))
+    return json_response(
+        {
+            "model": reply.model_id,
+            "embeddings": vector_rows(from_matrix(reply.embeddings), body["encoding_format"]),
+            "token_counts": list(reply.token_counts),
+            "truncated": list(reply.truncated),
+        }
+    )
+
+
+EMBED_IMAGE = Object(
+    {"images": ListOf(IMAGE), "encoding_format": ENCODING_FORMAT},
+    required=("images",),
+    description="JSON, or multipart/form-data with one or more files in the form field 'image'.",
+)
+EMBED_IMAGE_RESPONSE = obj({"model": STR, "embeddings": VECTORS}, ["model", "embeddings"])
+
+
+@endpoint(
+    embeddings, "POST", "/embed/image",
+    summary="Image embeddings (JSON base64 / data URLs, or a multipart upload)",
+    body=EMBED_IMAGE, response=EMBED_IMAGE_RESPONSE, uploads={"image": "images"},
+)  # fmt: skip
+def embed_image(body: dict) -> Response:
+    reply = state().upstreams.call("vision", "Embed", vision_pb2.EmbedImageRequest(images=body["images"]))
+    return json_response(
+        {
+            "model": reply.model_id,
+            "embeddings": vector_rows(from_matrix(reply.embeddings), body["encoding_format"]),
+        }
+    )
+
+
+def _one_input_shorthand(raw: dict) -> dict:
+    """``{"text", "image", ...}`` is shorthand for ``{"inputs": [{"text", "image"}], ...}``."""
+    inline = raw.get("text") is not None or raw.get("image") is not None
+    if raw.get("inputs") is not None:
+        if inline:
+            raise invalid("give either 'inputs' or one input inline as 'text' and/or 'image', not both")
+        return raw
+    if not inline:
+        raise invalid("'inputs' is required (or one input inline as 'text' and/or 'image')")
+    # Moved, not copied: the image is decoded once, as part of 'inputs'.
+    rest = {key: value for key, value in raw.items() if key not in ("text", "image")}
+    return {**rest, "inputs": [{"text": raw.get("text"), "image": raw.get("image")}]}
+
+
+@dataclass(frozen=True)
+class OptionalText(Field):
+    """A text that may be missing, null or blank (then the item has no text)."""
+
+    description: str = "the item's text (optional)"
+
+    def parse(self, value: Any, where: str, ctx: Context) -> str | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return TEXT.parse(value, where, ctx)
+
+    def openapi(self, max_items: int) -> dict[str, Any]:
+        return {"type": "string", "description": self.description}
+
+
+@dataclass(frozen=True)
+class OptionalImage(Field):
+    description: str = "the item's image (optional): " + IMAGE.description
+
+    def parse(self, value: Any, where: str, ctx: Context) -> bytes | None:
+        return None if value is None else IMAGE.parse(value, where, ctx)
+
+    def openapi(self, max_items: int) -> dict[str, Any]:
+        return {**IMAGE.openapi(max_items), "description": self.description}
+
+
+def _text_or_image(item: dict, where: str) -> None:
+    if item["text"] is None and item["image"] is None:
+        raise invalid(f"'{where}' needs a text, an image or both")
+
+
+MULTIMODAL_INPUT = Object(
+    {"text": OptionalText(), "image": OptionalImage()},
+    check=_text_or_image,
+    description="one item: a text, an image or both",
+)
+FUSED_INPUTS = Object(
+    {
+        "inputs": ListOf(MULTIMODAL_INPUT),
+        "head": Text("Name of a served head (GET /v1/heads)."),
+        "text": OptionalText("shorthand for one input: its text"),
+        "image": OptionalImage(),
+    },
+    required=("head",),
+    prepare=_one_input_shorthand,
+    description="'inputs', or one input given inline as 'text' and/or 'image'.",
+)
+
+
+def multimodal_inputs(body: dict) -> list[fusion_pb2.MultimodalInput]:
+    return [fusion_pb2.MultimodalInput(text=item["text"], image=item["image"]) for item in body["inputs"]]
+
+
+EMBED_FUSED = Object(
+    {**FUSED_INPUTS.fields, "encoding_format": ENCODING_FORMAT},
+    required=FUSED_INPUTS.required,
+    prepare=_one_input_shorthand,
+    description=FUSED_INPUTS.description,
+    example={"inputs": [{"text": "a red circle", "image": "<base64>"}], "head": "match"},
+)
+
+
+@endpoint(
+    embeddings, "POST", "/embed",
+    summary="Fused text+image embeddings through a trained head's fusion layer",
+    body=EMBED_FUSED, response=obj({"head": STR, "embeddings": VECTORS}, ["head", "embeddings"]),
+)  # fmt: skip
+def embed_fused(body: dict) -> Response:
+    request = fusion_pb2.FusionEmbedRequest(inputs=multimodal_inputs(body), head=body["head"])
+    reply = state().upstreams.call("fusion", "Embed", request)
+    return json_response(
+        {
+            "head": reply.head,
+            "embeddings": vector_rows(from_matrix(reply.embeddings), body["encoding_format"]),
+        }
+    )
