@@ -52,19 +52,19 @@ def text_in_process(batch_size: int) -> float:
 
 
 def vision_in_process(batch_size: int, images: list[bytes]) -> float:
-    from services.vision.backends import create_backend
+    from services.common.settings import VisionSettings
+    from services.vision.backend import create_backend
+    from services.vision.decoding import ImageLimits
+    from services.vision.preprocessing import prepare_image
 
-    from services.common.settings import VisionSettings, load_settings
-    from services.vision.decoding import decode_image
-
-    settings = load_settings(VisionSettings, [], {})
+    settings = VisionSettings()
     backend = create_backend(settings)
     backend.load()
+    limits = ImageLimits.from_settings(settings)
 
     def forward(batch: list[bytes]) -> object:
         # The service decodes and preprocesses per request too, so the baseline includes it.
-        arrays = [backend.preprocess(decode_image(b, settings)) for b in batch]
-        return backend.embed(np.stack(arrays))
+        return backend.embed(np.stack([prepare_image(b, limits, backend.transform) for b in batch]))
 
     return measure_in_process(forward, images, batch_size)
 
