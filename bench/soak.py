@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from scripts.stack import Stack, start_stack
 from scripts.procfs import tree_rss_bytes
+from scripts.stack import Stack, start_stack
 
 
 @dataclass(frozen=True)

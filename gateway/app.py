@@ -12,7 +12,7 @@ from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import HTTPException
 
-from gateway.api.service import OPENAPI_KEY, service
+from gateway.api import service
 from gateway.api.v1 import BLUEPRINTS
 from gateway.encoding import json_response
 from gateway.endpoints import GatewayState, install_state, operations
@@ -114,10 +114,10 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
             ApiError(grpc.StatusCode.INTERNAL, "internal error; the gateway log has the details")
         )
 
-    app.register_blueprint(service)
+    app.register_blueprint(service.blueprint)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
-    app.extensions[OPENAPI_KEY] = json.dumps(openapi_document(operations(app), settings))
+    app.extensions[service.OPENAPI_KEY] = json.dumps(openapi_document(operations(app), settings))
     return app
 
 

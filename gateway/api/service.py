@@ -12,7 +12,7 @@ from gateway.encoding import json_response
 from gateway.endpoints import endpoint, state
 from gateway.errors import ApiError
 
-service = Blueprint("service", __name__)
+blueprint = Blueprint("service", __name__)
 
 OPENAPI_KEY = "mmserve.openapi"  # the document's JSON text, built once by create_app
 _SWAGGER_FILES = frozenset(
@@ -29,7 +29,7 @@ _SWAGGER_PAGE = """<!doctype html>
 
 
 @endpoint(
-    service,
+    blueprint,
     "GET",
     "/healthz",
     summary="Liveness: the process answers",
@@ -40,7 +40,7 @@ def healthz() -> Response:
 
 
 @endpoint(
-    service, "GET", "/readyz",
+    blueprint, "GET", "/readyz",
     summary="Readiness: every backend reports SERVING over grpc.health.v1",
     response=obj({"status": STR}, ["status"]),
 )  # fmt: skip
@@ -52,7 +52,7 @@ def readyz() -> Response:
 
 
 @endpoint(
-    service, "GET", "/metrics",
+    blueprint, "GET", "/metrics",
     summary="Prometheus metrics (text exposition format)",
     response={"type": "string"}, response_type="text/plain",
 )  # fmt: skip
@@ -60,13 +60,13 @@ def metrics() -> Response:
     return Response(state().metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-@endpoint(service, "GET", "/openapi.json", summary="This OpenAPI document", response={"type": "object"})
+@endpoint(blueprint, "GET", "/openapi.json", summary="This OpenAPI document", response={"type": "object"})
 def openapi() -> Response:
     return Response(current_app.extensions[OPENAPI_KEY], mimetype="application/json")
 
 
 @endpoint(
-    service,
+    blueprint,
     "GET",
     "/docs",
     summary="Swagger UI for this API",
@@ -77,7 +77,7 @@ def docs() -> Response:
     return Response(_SWAGGER_PAGE, mimetype="text/html")
 
 
-@service.get("/docs/static/<name>")
+@blueprint.get("/docs/static/<name>")
 def docs_static(name: str) -> Response:
     if name not in _SWAGGER_FILES:
         abort(404)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from gateway.api.v1.catalog import catalog
-from gateway.api.v1.embeddings import embeddings
-from gateway.api.v1.inference import inference
+from gateway.api.v1 import catalog, embeddings, inference
 
-BLUEPRINTS = (embeddings, inference, catalog)
+BLUEPRINTS = (embeddings.blueprint, inference.blueprint, catalog.blueprint)

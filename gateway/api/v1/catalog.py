@@ -12,7 +12,7 @@ from gateway.endpoints import endpoint, state
 from gateway.upstreams import wait_all
 from mmserve.v1 import common_pb2, fusion_pb2
 
-catalog = Blueprint("catalog", __name__, url_prefix="/v1")
+blueprint = Blueprint("catalog", __name__, url_prefix="/v1")
 
 MODEL = obj(
     {
@@ -47,7 +47,7 @@ def _model(info: common_pb2.ModelInfo) -> dict:
 
 
 @endpoint(
-    catalog, "GET", "/models",
+    blueprint, "GET", "/models",
     summary="The encoders' models (id, revision, dimension, device, limits)",
     response=obj({"object": {"type": "string", "enum": ["list"]}, "data": array(MODEL)}, ["object", "data"]),
 )  # fmt: skip
@@ -85,7 +85,7 @@ def _metrics(text: str) -> dict:
 
 
 @endpoint(
-    catalog, "GET", "/heads",
+    blueprint, "GET", "/heads",
     summary="The fusion heads being served",
     response=obj({"heads": array(HEAD)}, ["heads"]),
 )  # fmt: skip

@@ -18,7 +18,7 @@ from gateway.upstreams import Pending, wait_all
 from mmserve.v1 import fusion_pb2, text_pb2, vision_pb2
 from services.common.matrix import from_matrix
 
-embeddings = Blueprint("embeddings", __name__, url_prefix="/v1")
+blueprint = Blueprint("embeddings", __name__, url_prefix="/v1")
 
 TEXT = Text()
 IMAGE = Image()
@@ -105,7 +105,7 @@ OPENAI_RESPONSE = obj(
 
 
 @endpoint(
-    embeddings, "POST", "/embeddings",
+    blueprint, "POST", "/embeddings",
     summary="OpenAI-compatible embeddings (texts; images as {type: image} items)",
     description="Works with OpenAI's clients unchanged (they ask for base64 by default). "
     "`usage` counts the tokens the text encoder saw; images count no tokens.",
@@ -172,7 +172,7 @@ EMBED_TEXT_RESPONSE = obj(
 
 
 @endpoint(
-    embeddings, "POST", "/embed/text",
+    blueprint, "POST", "/embed/text",
     summary="Text embeddings (one L2-normalised vector per text)",
     body=EMBED_TEXT, response=EMBED_TEXT_RESPONSE,
 )  # fmt: skip
@@ -197,7 +197,7 @@ EMBED_IMAGE_RESPONSE = obj({"model": STR, "embeddings": VECTORS}, ["model", "emb
 
 
 @endpoint(
-    embeddings, "POST", "/embed/image",
+    blueprint, "POST", "/embed/image",
     summary="Image embeddings (JSON base64 / data URLs, or a multipart upload)",
     body=EMBED_IMAGE, response=EMBED_IMAGE_RESPONSE, uploads={"image": "images"},
 )  # fmt: skip
@@ -288,7 +288,7 @@ EMBED_FUSED = Object(
 
 
 @endpoint(
-    embeddings, "POST", "/embed",
+    blueprint, "POST", "/embed",
     summary="Fused text+image embeddings through a trained head's fusion layer",
     body=EMBED_FUSED, response=obj({"head": STR, "embeddings": VECTORS}, ["head", "embeddings"]),
 )  # fmt: skip

@@ -14,7 +14,7 @@ from gateway.schema import Integer, ListOf, Object, String
 from mmserve.v1 import fusion_pb2, text_pb2, vision_pb2
 from services.common.matrix import from_matrix
 
-inference = Blueprint("inference", __name__, url_prefix="/v1")
+blueprint = Blueprint("inference", __name__, url_prefix="/v1")
 
 MAX_CANDIDATE_LABELS = 256  # the fusion service's default limit
 
@@ -43,7 +43,7 @@ PREDICTION = obj(
 
 
 @endpoint(
-    inference, "POST", "/predict",
+    blueprint, "POST", "/predict",
     summary="A trained classification head's decision for text and/or image inputs",
     description="One prediction per input: the best label, its probability, and every class's probability.",
     body=FUSED_INPUTS, response=obj({"head": STR, "predictions": array(PREDICTION)}, ["head", "predictions"]),
@@ -74,7 +74,7 @@ CLASSIFY = Object(
 
 
 @endpoint(
-    inference, "POST", "/classify/image",
+    blueprint, "POST", "/classify/image",
     summary="Top-k labels per image (the vision model's classifier)",
     body=CLASSIFY, uploads={"image": "images"},
     response=obj({"model": STR, "results": array(obj({"labels": array(LABEL_SCORE)}, ["labels"]))}, ["model", "results"]),
@@ -100,7 +100,7 @@ ENTITY = obj(
 
 
 @endpoint(
-    inference, "POST", "/ner",
+    blueprint, "POST", "/ner",
     summary="Named entities with character offsets, per text",
     body=Object({"texts": ListOf(TEXT)}, required=("texts",), example={"texts": ["Angela Merkel visited Paris."]}),
     response=obj({"model": STR, "results": array(obj({"entities": array(ENTITY)}, ["entities"]))}, ["model", "results"]),
@@ -145,7 +145,7 @@ SIMILARITY = Object(
 
 
 @endpoint(
-    inference, "POST", "/similarity",
+    blueprint, "POST", "/similarity",
     summary="Texts x images cosine similarity and zero-shot labels",
     description="Scores in the encoders' shared space (a CLIP pair) or through an alignment head. "
     "FAILED_PRECONDITION (400) when the encoders share no space and no alignment head is named.",
