@@ -86,7 +86,9 @@ async def bench_service(kind: str, address: str, requests: int, payloads: list) 
         for concurrency in CONCURRENCIES:
             count = requests if concurrency > 1 else max(requests // 4, 50)
             results.append(
-                await run_load(kind, call, concurrency=concurrency, requests=count, warmup_requests=concurrency)
+                await run_load(
+                    kind, call, concurrency=concurrency, requests=count, warmup_requests=concurrency
+                )
             )
         return results
 

@@ -62,10 +62,14 @@ async def run_load(
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - began
-    return LoadResult(label, concurrency, requests, counts["items"], counts["errors"], seconds, np.array(latencies))
+    return LoadResult(
+        label, concurrency, requests, counts["items"], counts["errors"], seconds, np.array(latencies)
+    )
 
 
-def measure_in_process(forward: Callable[[Sequence], object], items: Sequence, batch_size: int, seconds: float = 3.0) -> float:
+def measure_in_process(
+    forward: Callable[[Sequence], object], items: Sequence, batch_size: int, seconds: float = 3.0
+) -> float:
     """Items/s of calling ``forward`` directly with batches of ``batch_size`` (the model's ceiling)."""
     batch = [items[i % len(items)] for i in range(batch_size)]
     forward(batch)
@@ -78,7 +82,9 @@ def measure_in_process(forward: Callable[[Sequence], object], items: Sequence, b
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[str(h) for h in header]] + [[f"{c:.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    cells = [[str(h) for h in header]] + [
+        [f"{c:.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     print(f"\n## {title}")
     for index, row in enumerate(cells):

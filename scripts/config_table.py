@@ -1,7 +1,7 @@
 """Writes the README's configuration table from the settings classes (the one source of truth).
 
-    python -m scripts.config_table          # rewrite the table in README.md
-    python -m scripts.config_table --check  # exit 1 if README.md is out of date
+python -m scripts.config_table          # rewrite the table in README.md
+python -m scripts.config_table --check  # exit 1 if README.md is out of date
 """
 
 from __future__ import annotations
@@ -32,10 +32,18 @@ SERVICES = (
 def render() -> str:
     lines = [BEGIN]
     for title, cls in SERVICES:
-        lines += ["", f"**{title}** (`{cls.ENV_PREFIX}*`)", "", "| env var | default | meaning |", "|---|---|---|"]
+        lines += [
+            "",
+            f"**{title}** (`{cls.ENV_PREFIX}*`)",
+            "",
+            "| env var | default | meaning |",
+            "|---|---|---|",
+        ]
         for field in dataclasses.fields(cls):
             default = field.default if field.default != "" else '""'
-            lines.append(f"| `{env_name(cls, field.name)}` | `{default}` | {field.metadata.get('help', '')} |")
+            lines.append(
+                f"| `{env_name(cls, field.name)}` | `{default}` | {field.metadata.get('help', '')} |"
+            )
     lines += ["", END]
     return "\n".join(lines)
 

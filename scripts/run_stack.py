@@ -61,7 +61,10 @@ def main() -> None:
             time.sleep(0.5)
         dead = [s for s in stack.services if s.process.poll() is not None]
         for service in dead:
-            print(f"\n{service.kind} exited with {service.process.returncode}:\n{service.log_tail()}", file=sys.stderr)
+            print(
+                f"\n{service.kind} exited with {service.process.returncode}:\n{service.log_tail()}",
+                file=sys.stderr,
+            )
         raise SystemExit(1)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)

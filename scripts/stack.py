@@ -97,7 +97,10 @@ class ServiceProcess:
                     return response.status == 200
             except OSError:
                 return False
-        return health_status(self.address, credentials=self.credentials) == health_pb2.HealthCheckResponse.SERVING
+        return (
+            health_status(self.address, credentials=self.credentials)
+            == health_pb2.HealthCheckResponse.SERVING
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -128,9 +131,14 @@ class ServiceProcess:
 
 
 def health_status(
-    address: str, service: str = "", timeout_s: float = 1.0, credentials: grpc.ChannelCredentials | None = None
+    address: str,
+    service: str = "",
+    timeout_s: float = 1.0,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> int | None:
-    channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    channel = (
+        grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    )
     with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -162,7 +170,9 @@ def start_service(
     full_args += list(args)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="mmserve-logs-"))
-    service = ServiceProcess(kind, port, metrics_port, full_args, full_env, log_dir / f"{kind}-{port}.log", module, credentials).spawn()
+    service = ServiceProcess(
+        kind, port, metrics_port, full_args, full_env, log_dir / f"{kind}-{port}.log", module, credentials
+    ).spawn()
     if wait:
         try:
             service.wait_ready(timeout_s)
@@ -231,9 +241,12 @@ def start_stack(
         gateway = launch(
             "gateway",
             [
-                "--fusion-address", fusion.address,
-                "--text-address", text.address,
-                "--vision-address", vision.address,
+                "--fusion-address",
+                fusion.address,
+                "--text-address",
+                text.address,
+                "--vision-address",
+                vision.address,
             ],  # fmt: skip
             wait=True,
         )

@@ -50,10 +50,14 @@ def fusion_service(
     service = start_service(
         "fusion",
         args=[
-            "--text-address", text_service.address,
-            "--vision-address", vision_service.address,
-            "--heads-dir", str(heads_dir),
-            "--heads-reload-interval-s", "0.5",
+            "--text-address",
+            text_service.address,
+            "--vision-address",
+            vision_service.address,
+            "--heads-dir",
+            str(heads_dir),
+            "--heads-reload-interval-s",
+            "0.5",
         ],  # fmt: skip
         log_dir=log_dir,
     )
@@ -71,9 +75,12 @@ def gateway_service(
     service = start_service(
         "gateway",
         args=[
-            "--fusion-address", fusion_service.address,
-            "--text-address", text_service.address,
-            "--vision-address", vision_service.address,
+            "--fusion-address",
+            fusion_service.address,
+            "--text-address",
+            text_service.address,
+            "--vision-address",
+            vision_service.address,
         ],  # fmt: skip
         log_dir=log_dir,
     )

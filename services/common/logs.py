@@ -21,7 +21,12 @@ _MAX_REQUEST_ID_LEN = 128
 
 def sanitize_request_id(candidate: str | None) -> str:
     """Keeps a caller's id if it is short and printable; otherwise makes a new one."""
-    if candidate and len(candidate) <= _MAX_REQUEST_ID_LEN and candidate.isascii() and candidate.isprintable():
+    if (
+        candidate
+        and len(candidate) <= _MAX_REQUEST_ID_LEN
+        and candidate.isascii()
+        and candidate.isprintable()
+    ):
         return candidate
     return uuid.uuid4().hex
 
@@ -33,7 +38,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "service": self._service,
             "logger": record.name,

@@ -60,7 +60,10 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "mmserve_queue_depth", "Items waiting in the batcher's queue.", stage_labels, registry=self.registry
+            "mmserve_queue_depth",
+            "Items waiting in the batcher's queue.",
+            stage_labels,
+            registry=self.registry,
         )
         self.batch_failures = Counter(
             "mmserve_batch_failures_total",

@@ -172,9 +172,7 @@ async def serve(settings: ServerSettings, service: Service, metrics: ServiceMetr
     running = create_server(settings, service, metrics)
     await _set_health(running, service.service_names, health_pb2.HealthCheckResponse.NOT_SERVING)
     await running.server.start()
-    _LOGGER.info(
-        "%s listening", name, extra={"fields": {"port": running.port, "metrics_port": metrics_port}}
-    )
+    _LOGGER.info("%s listening", name, extra={"fields": {"port": running.port, "metrics_port": metrics_port}})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -64,7 +64,10 @@ class TextSettings(EncoderSettings):
     pooling: str = option("mean", "Sentence pooling: mean or cls.")
     max_batch_tokens: int = option(16384, "Token budget of one forward pass (padded length x items).")
     max_text_chars: int = option(100_000, "Longest accepted text in characters; longer is refused.")
-    ner_model: str = option("", "NER model: local dir or hub id of a token-classification model; empty means the packaged spaCy pipeline.")
+    ner_model: str = option(
+        "",
+        "NER model: local dir or hub id of a token-classification model; empty means the packaged spaCy pipeline.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +91,12 @@ class FusionSettings(ServerSettings):
 
     port: int = option(50053, "gRPC port.")
     metrics_port: int = option(9103, "Prometheus /metrics HTTP port (-1 disables).")
-    text_address: str = option("localhost:50051", "Text encoder target; dns:///name:port spreads calls over replicas.")
-    vision_address: str = option("localhost:50052", "Vision encoder target; dns:///name:port spreads calls over replicas.")
+    text_address: str = option(
+        "localhost:50051", "Text encoder target; dns:///name:port spreads calls over replicas."
+    )
+    vision_address: str = option(
+        "localhost:50052", "Vision encoder target; dns:///name:port spreads calls over replicas."
+    )
     heads_dir: str = option("heads", "Directory of trained heads (safetensors + manifest JSON).")
     heads_reload_interval_s: float = option(2.0, "How often the heads directory is rescanned.")
     default_deadline_s: float = option(10.0, "Deadline of downstream calls when the caller set none.")
@@ -170,14 +177,20 @@ class GatewaySettings:
     fusion_address: str = option("localhost:50053", "Fusion service target.")
     text_address: str = option("localhost:50051", "Text encoder target.")
     vision_address: str = option("localhost:50052", "Vision encoder target.")
-    api_keys: str = option("", "Comma-separated API keys; when set, /v1 routes need 'Authorization: Bearer <key>'.")
+    api_keys: str = option(
+        "", "Comma-separated API keys; when set, /v1 routes need 'Authorization: Bearer <key>'."
+    )
     max_body_bytes: int = option(32 * 1024 * 1024, "Largest accepted request body in bytes.")
     max_items_per_request: int = option(64, "Most inputs in one request.")
     deadline_s: float = option(10.0, "Deadline of each upstream gRPC call.")
-    retry_backoff_ms: float = option(50.0, "Wait before the one retry of an idempotent call that got UNAVAILABLE.")
+    retry_backoff_ms: float = option(
+        50.0, "Wait before the one retry of an idempotent call that got UNAVAILABLE."
+    )
     tls_ca_file: str = option("", "PEM CA bundle to verify the backends' certificates; enables TLS to them.")
     tls_client_cert_file: str = option("", "PEM client certificate presented to the backends (mTLS).")
     tls_client_key_file: str = option("", "PEM private key of tls_client_cert_file.")
-    image_url_allowlist: str = option("", "Comma-separated hosts images may be fetched from by URL; empty disables URL fetching.")
+    image_url_allowlist: str = option(
+        "", "Comma-separated hosts images may be fetched from by URL; empty disables URL fetching."
+    )
     image_url_timeout_s: float = option(5.0, "Timeout of one image URL fetch.")
     image_url_max_bytes: int = option(16 * 1024 * 1024, "Largest image fetched by URL.")

@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None, embedder_factory: type[TextEmbedder] = T
     settings = load_settings(TextSettings, sys.argv[1:] if argv is None else argv)
     configure_logging("text", settings.log_level)
     configure_threads(settings.torch_threads)
-    embedder = embedder_factory(settings.model, settings.revision, settings.pooling, settings.device, settings.dtype)
+    embedder = embedder_factory(
+        settings.model, settings.revision, settings.pooling, settings.device, settings.dtype
+    )
     ner = create_ner(settings.ner_model, "", settings.device, settings.dtype)
     metrics = ServiceMetrics()
     asyncio.run(serve(settings, TextService(settings, metrics, embedder, ner), metrics, "text"))

@@ -62,7 +62,14 @@ def _max_length(source: str, tokenizer, config) -> int:
 class TextEmbedder:
     """A loaded text encoder; ``embed`` is one batched forward pass."""
 
-    def __init__(self, model: str = "", revision: str = "", pooling: str = "mean", device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        model: str = "",
+        revision: str = "",
+        pooling: str = "mean",
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
         self._source = model or str(default_model_dir())

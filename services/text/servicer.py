@@ -26,7 +26,9 @@ def validate_texts(texts: Sequence[str], settings: TextSettings, field: str = "t
     if not texts:
         raise InvalidInput(f"{field} must contain at least one text")
     if len(texts) > settings.max_items_per_request:
-        raise InvalidInput(f"too many {field}: {len(texts)} (limit {settings.max_items_per_request} per request)")
+        raise InvalidInput(
+            f"too many {field}: {len(texts)} (limit {settings.max_items_per_request} per request)"
+        )
     for index, text in enumerate(texts):
         if not text.strip():
             raise InvalidInput(f"{field}[{index}] is empty")
@@ -106,7 +108,9 @@ class TextService(text_pb2_grpc.TextEncoderServiceServicer):
             model_id=description.model_id,
         )
 
-    async def ExtractEntities(self, request: text_pb2.ExtractEntitiesRequest, context: grpc.aio.ServicerContext):
+    async def ExtractEntities(
+        self, request: text_pb2.ExtractEntitiesRequest, context: grpc.aio.ServicerContext
+    ):
         self._ready()
         texts = validate_texts(request.texts, self._settings)
         found = await self._ner_batcher.submit(texts, context.time_remaining())
@@ -115,7 +119,11 @@ class TextService(text_pb2_grpc.TextEncoderServiceServicer):
                 text_pb2.EntityList(
                     entities=[
                         text_pb2.Entity(
-                            text=e.text, label=e.label, start_char=e.start_char, end_char=e.end_char, score=e.score
+                            text=e.text,
+                            label=e.label,
+                            start_char=e.start_char,
+                            end_char=e.end_char,
+                            score=e.score,
                         )
                         for e in entities
                     ]
@@ -137,5 +145,3 @@ class TextService(text_pb2_grpc.TextEncoderServiceServicer):
             max_batch_size=self._settings.max_batch_size,
             max_input_tokens=d.max_input_tokens,
         )
-
-

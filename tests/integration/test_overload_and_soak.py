@@ -34,7 +34,9 @@ def test_burst_far_above_capacity_gets_429_with_retry_after(small_queue) -> None
     rss_after = rss_bytes(text.process.pid), tree_rss_bytes(gateway.process.pid)
     statuses = Counter(o.status for o in outcomes)
     growth_mb = [(a - b) / 2**20 for a, b in zip(rss_after, rss_before, strict=True)]
-    print(f"\n[overload] statuses {dict(statuses)}; RSS growth text {growth_mb[0]:+.1f} MB, gateway {growth_mb[1]:+.1f} MB")
+    print(
+        f"\n[overload] statuses {dict(statuses)}; RSS growth text {growth_mb[0]:+.1f} MB, gateway {growth_mb[1]:+.1f} MB"
+    )
     assert set(statuses) == {200, 429}, statuses
     assert statuses[200] >= 1 and statuses[429] >= 50, "admitted requests succeed, the excess is refused"
     rejected = [o for o in outcomes if o.status == 429]
@@ -44,7 +46,9 @@ def test_burst_far_above_capacity_gets_429_with_retry_after(small_queue) -> None
     assert post_json(url, payload).status == 200, "and the service serves normally afterwards"
 
 
-def test_short_soak_has_no_errors_and_flat_memory(gateway_service, text_service, vision_service, fusion_service) -> None:
+def test_short_soak_has_no_errors_and_flat_memory(
+    gateway_service, text_service, vision_service, fusion_service
+) -> None:
     stack = Stack(text_service, vision_service, fusion_service, gateway_service)
     report = soak(stack, duration_s=20.0, concurrency=4)
     print(f"\n[soak 20 s]\n{report}")

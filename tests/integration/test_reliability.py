@@ -68,7 +68,10 @@ def test_kill_9_a_backend_under_traffic(stack: Stack, victim: str, broken, unaff
     service: ServiceProcess = getattr(stack, victim)
     assert call(stack, broken).status == 200 and call(stack, unaffected).status == 200
     url = stack.gateway.url
-    with Traffic(url + broken[0], broken[1], workers=2) as hit, Traffic(url + unaffected[0], unaffected[1], workers=2) as spared:
+    with (
+        Traffic(url + broken[0], broken[1], workers=2) as hit,
+        Traffic(url + unaffected[0], unaffected[1], workers=2) as spared,
+    ):
         time.sleep(1.0)
         killed_at = time.monotonic()
         service.process.send_signal(signal.SIGKILL)
@@ -102,7 +105,10 @@ def test_kill_9_a_backend_under_traffic(stack: Stack, victim: str, broken, unaff
 def test_sigterm_under_load_completes_accepted_requests(stack: Stack, victim: str, route, other) -> None:
     service: ServiceProcess = getattr(stack, victim)
     url = stack.gateway.url
-    with Traffic(url + route[0], route[1], workers=4, pause_s=0) as load, Traffic(url + other[0], other[1], workers=1) as spared:
+    with (
+        Traffic(url + route[0], route[1], workers=4, pause_s=0) as load,
+        Traffic(url + other[0], other[1], workers=1) as spared,
+    ):
         time.sleep(1.5)
         stopped_at = time.monotonic()
         exit_code = service.stop(timeout_s=30)
@@ -112,7 +118,9 @@ def test_sigterm_under_load_completes_accepted_requests(stack: Stack, victim: st
         wait_for_status(stack, route, 200, 10.0)
     before = [o for o in load.outcomes if o.finished < stopped_at]
     statuses = load.statuses() | spared.statuses()
-    print(f"\n[SIGTERM {victim}] exit code {exit_code}; statuses seen {sorted(statuses)}; {len(load.outcomes)} requests")
+    print(
+        f"\n[SIGTERM {victim}] exit code {exit_code}; statuses seen {sorted(statuses)}; {len(load.outcomes)} requests"
+    )
     assert exit_code == 0, "graceful shutdown exits cleanly"
     assert before and all(o.status == 200 for o in before)
     assert statuses <= {200, 503}, "requests are completed or refused cleanly, never 500"

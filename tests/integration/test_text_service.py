@@ -46,7 +46,9 @@ def test_served_embeddings_equal_the_in_process_model(stub, in_process: TextEmbe
     served = from_matrix(embed(stub, SENTENCES).embeddings)
     local = in_process.embed(SENTENCES).vectors
     assert served.shape == (len(SENTENCES), 384)
-    cosines = np.sum(served * local, axis=1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(local, axis=1))
+    cosines = np.sum(served * local, axis=1) / (
+        np.linalg.norm(served, axis=1) * np.linalg.norm(local, axis=1)
+    )
     assert cosines.min() >= 0.9999
 
 
@@ -154,7 +156,10 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(log_dir) -> None:
     try:
         with grpc.insecure_channel(service.address) as channel:
             own = text_pb2_grpc.TextEncoderServiceStub(channel)
-            futures = [own.Embed.future(text_pb2.EmbedTextRequest(texts=[f"request {i}"] * 8), timeout=30) for i in range(24)]
+            futures = [
+                own.Embed.future(text_pb2.EmbedTextRequest(texts=[f"request {i}"] * 8), timeout=30)
+                for i in range(24)
+            ]
             time.sleep(0.05)
             service.process.send_signal(signal.SIGTERM)
             codes = []

@@ -15,15 +15,22 @@ from tests.support.certs import make_certs
 from tests.support.faulty_text import FAIL_MARKER
 
 
-def test_mtls_accepts_a_client_cert_and_refuses_plaintext_and_anonymous_clients(tmp_path: Path, log_dir) -> None:
+def test_mtls_accepts_a_client_cert_and_refuses_plaintext_and_anonymous_clients(
+    tmp_path: Path, log_dir
+) -> None:
     certs = make_certs(tmp_path)
-    with_client_cert = ChannelSecurity(str(certs.ca), str(certs.client_cert), str(certs.client_key)).credentials()
+    with_client_cert = ChannelSecurity(
+        str(certs.ca), str(certs.client_cert), str(certs.client_key)
+    ).credentials()
     service = start_service(
         "text",
         args=[
-            "--tls-cert-file", str(certs.server_cert),
-            "--tls-key-file", str(certs.server_key),
-            "--tls-client-ca-file", str(certs.ca),
+            "--tls-cert-file",
+            str(certs.server_cert),
+            "--tls-key-file",
+            str(certs.server_key),
+            "--tls-client-ca-file",
+            str(certs.ca),
         ],  # fmt: skip
         credentials=with_client_cert,
         log_dir=log_dir,
@@ -34,7 +41,10 @@ def test_mtls_accepts_a_client_cert_and_refuses_plaintext_and_anonymous_clients(
             reply = text_pb2_grpc.TextEncoderServiceStub(channel).Embed(request, timeout=30)
             assert list(reply.embeddings.shape) == [1, 384]
         anonymous = ChannelSecurity(str(certs.ca)).credentials()
-        for channel in (grpc.secure_channel(service.address, anonymous), grpc.insecure_channel(service.address)):
+        for channel in (
+            grpc.secure_channel(service.address, anonymous),
+            grpc.insecure_channel(service.address),
+        ):
             with channel, pytest.raises(grpc.RpcError) as caught:
                 text_pb2_grpc.TextEncoderServiceStub(channel).Embed(request, timeout=5)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -55,7 +65,9 @@ def test_failing_forward_pass_fails_only_its_batch_and_never_logs_inputs(log_dir
             assert "injected forward-pass failure" in caught.value.details()
 
             def good(i: int) -> int:
-                return len(stub.Embed(text_pb2.EmbedTextRequest(texts=[f"{secret} {i}"]), timeout=30).truncated)
+                return len(
+                    stub.Embed(text_pb2.EmbedTextRequest(texts=[f"{secret} {i}"]), timeout=30).truncated
+                )
 
             with ThreadPoolExecutor(8) as pool:
                 assert sum(pool.map(good, range(32))) == 32

@@ -28,11 +28,15 @@ def _name(common_name: str) -> x509.Name:
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
     path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
 
 
-def _issue(ca_key, ca_name, subject: str, usage, sans=None) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _issue(
+    ca_key, ca_name, subject: str, usage, sans=None
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     builder = (

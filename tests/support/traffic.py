@@ -23,10 +23,14 @@ class Outcome:
         return self.finished - self.started
 
 
-def post_json(url: str, payload: dict | None, timeout_s: float = 30.0, headers: dict | None = None) -> Outcome:
+def post_json(
+    url: str, payload: dict | None, timeout_s: float = 30.0, headers: dict | None = None
+) -> Outcome:
     """POSTs ``payload`` as JSON (or GETs ``url`` when it is None) and records the outcome."""
     data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     began = time.monotonic()
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:

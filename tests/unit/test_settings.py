@@ -24,7 +24,11 @@ def test_defaults_are_the_documented_ports() -> None:
 
 
 def test_env_then_cli_precedence_and_types() -> None:
-    env = {"MMSERVE_TEXT_MAX_BATCH_SIZE": "7", "MMSERVE_TEXT_WARMUP": "false", "MMSERVE_TEXT_MAX_WAIT_MS": "2.5"}
+    env = {
+        "MMSERVE_TEXT_MAX_BATCH_SIZE": "7",
+        "MMSERVE_TEXT_WARMUP": "false",
+        "MMSERVE_TEXT_MAX_WAIT_MS": "2.5",
+    }
     from_env = load_settings(TextSettings, [], env)
     assert (from_env.max_batch_size, from_env.warmup, from_env.max_wait_ms) == (7, False, 2.5)
     from_cli = load_settings(TextSettings, ["--max-batch-size", "9", "--warmup", "yes"], env)

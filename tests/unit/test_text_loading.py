@@ -70,7 +70,9 @@ def test_full_clip_checkpoint_serves_its_projected_text_tower(tmp_path: Path) ->
     tokens = ["<|startoftext|>", "<|endoftext|>", "a</w>", "cat</w>", "photo</w>", "of</w>", "c", "a", "t"]
     (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizerFast(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"))
+    tokenizer = CLIPTokenizerFast(
+        vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt")
+    )
     tokenizer.save_pretrained(tmp_path)
     text = {"vocab_size": len(tokens), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
