@@ -1,14 +1,18 @@
 """REST gateway benchmark: /v1/embed/text and /v1/embed/image at concurrency 1, 8, 32 (items/s,
 p50, p99) through gateway -> gRPC encoder, next to, measured in the same run:
 
-- the in-process forward (the model's ceiling at batch = concurrency), and
+- the in-process forward of the same model (the ceiling: batch = concurrency, and the latency of
+  one forward at batch 1), and
 - a naive single-process Flask app that holds the model and runs one forward per request in
   the request thread (what a first prototype would do).
 
     python -m bench.gateway [--requests 300] [--only text|vision]
 
-The client is lean on purpose (threads, one keep-alive http.client connection each), so that on a
-2-core machine it takes little CPU from the servers it measures.
+Each served row also says where the CPU went, in ms per request: the gateway (gunicorn master
+and workers), the encoder service (or the naive app) and the load generator itself. The client
+is lean on purpose (one keep-alive http.client connection per thread, bodies encoded up front)
+so that on a 2-core machine it takes little CPU from the servers it measures; its own cost is
+the "client" column.
 """
 
 from __future__ import annotations
@@ -17,27 +21,60 @@ import argparse
 import base64
 import http.client
 import json
+import os
+import resource
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from bench.encoders import SENTENCES, sample_images
 from bench.load import LoadResult, measure_in_process, print_table
-from scripts.stack import ServiceProcess, free_port, start_service
+from scripts.procfs import children
+from scripts.stack import free_port, start_service
 
 CONCURRENCIES = (1, 8, 32)
 ROUTES = {"text": "/v1/embed/text", "vision": "/v1/embed/image"}
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def payloads(kind: str) -> list[bytes]:
-    """Single-item request bodies, pre-encoded so the client spends no CPU on JSON."""
+    """Single-item request bodies, encoded once so the client spends no CPU on JSON."""
     if kind == "text":
         return [json.dumps({"texts": [s]}).encode() for s in SENTENCES]
     return [json.dumps({"images": [base64.b64encode(b).decode()]}).encode() for b in sample_images()]
+
+
+# --- CPU accounting ------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its descendants (a gunicorn master and its workers)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def client_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class Measured:
+    load: LoadResult
+    cpu_ms: dict[str, float]  # per request, by process role
+
+
+# --- the load generator --------------------------------------------------------------------------
 
 
 def run_http_load(url: str, bodies: list[bytes], concurrency: int, requests: int, label: str) -> LoadResult:
@@ -52,7 +89,7 @@ def run_http_load(url: str, bodies: list[bytes], concurrency: int, requests: int
 
     def worker() -> None:
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
-        _post(connection, parts.path, bodies[0], headers)  # warm-up: opens the keep-alive connection
+        _post(connection, parts.path, bodies[0], headers)  # opens the keep-alive connection
         ready.wait()
         while True:
             with lock:
@@ -92,6 +129,65 @@ def _post(connection: http.client.HTTPConnection, path: str, body: bytes, header
     return response.status == 200
 
 
+def measure(
+    url: str, bodies: list[bytes], requests: int, label: str, servers: dict[str, int]
+) -> list[Measured]:
+    """Each concurrency in turn, with the CPU each server process (and the client) spent on it."""
+    results = []
+    run_http_load(url, bodies, 8, 32, "warm-up")
+    for concurrency in CONCURRENCIES:
+        count = requests if concurrency > 1 else max(requests // 3, 30)
+        before = {role: cpu_seconds(pid) for role, pid in servers.items()}
+        client_before = client_cpu_seconds()
+        load = run_http_load(url, bodies, concurrency, count, label)
+        cpu = {role: (cpu_seconds(pid) - before[role]) * 1000 / count for role, pid in servers.items()}
+        cpu["client"] = (client_cpu_seconds() - client_before) * 1000 / count
+        results.append(Measured(load, cpu))
+    return results
+
+
+# --- the in-process model ------------------------------------------------------------------------
+
+
+def text_forward() -> Callable[[Sequence], object]:
+    from services.text.embedding import TextEmbedder
+
+    embedder = TextEmbedder()
+    embedder.load()
+    return embedder.embed
+
+
+def vision_forward() -> Callable[[Sequence], object]:
+    from services.common.settings import VisionSettings
+    from services.vision.backend import create_backend
+    from services.vision.decoding import ImageLimits
+    from services.vision.preprocessing import prepare_image
+
+    settings = VisionSettings()
+    backend = create_backend(settings)
+    backend.load()
+    limits = ImageLimits.from_settings(settings)
+
+    def forward(images: Sequence[bytes]) -> object:
+        # Decoding and preprocessing happen per request in every path measured, so they count here too.
+        return backend.embed(np.stack([prepare_image(b, limits, backend.transform) for b in images]))
+
+    return forward
+
+
+def forward_p50_ms(forward: Callable[[Sequence], object], items: Sequence, seconds: float = 2.0) -> float:
+    """Median latency of one forward pass at batch 1: what a request costs with no hop at all."""
+    latencies = []
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline or len(latencies) < 20:
+        began = time.perf_counter()
+        forward([items[i % len(items)]])
+        latencies.append(time.perf_counter() - began)
+        i += 1
+    return float(np.median(latencies) * 1000)
+
+
 # --- the naive baseline: one Flask process, model in the request thread ---------------------------
 
 
@@ -100,57 +196,25 @@ def naive_app(kind: str):
     from flask import Flask, jsonify, request
 
     app = Flask("naive")
-    forward = _text_forward() if kind == "text" else _vision_forward()
+    forward = text_forward() if kind == "text" else vision_forward()
 
     @app.post(ROUTES[kind])
     def embed():
         data = request.get_json()
         items = data["texts"] if kind == "text" else [base64.b64decode(s) for s in data["images"]]
-        return jsonify({"embeddings": np.asarray(forward(items)).tolist()})
+        vectors = forward(items)
+        return jsonify({"embeddings": np.asarray(getattr(vectors, "vectors", vectors)).tolist()})
 
     return app
 
 
-def _text_forward() -> Callable[[list], np.ndarray]:
-    from services.text.embedding import TextEmbedder
-
-    embedder = TextEmbedder()
-    embedder.load()
-    return lambda texts: embedder.embed(texts).vectors
-
-
-def _vision_forward() -> Callable[[list], np.ndarray]:
-    from services.common.settings import VisionSettings, load_settings
-    from services.vision.backend import create_backend
-    from services.vision.decoding import decode_image
-
-    settings = load_settings(VisionSettings, [], {})
-    backend = create_backend(settings)
-    backend.load()
-
-    def forward(images: list[bytes]) -> np.ndarray:
-        # Decoding and preprocessing are per request in every path measured, so they count here too.
-        return backend.embed(np.stack([backend.preprocess(decode_image(b, settings)) for b in images]))
-
-    return forward
-
-
-def serve_naive(kind: str, port: int) -> None:
-    from werkzeug.serving import run_simple
-
-    run_simple("127.0.0.1", port, naive_app(kind), threaded=True)
-
-
-def start_naive(kind: str) -> tuple[object, str]:
-    import subprocess
-
+def start_naive(kind: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.gateway", "--serve-naive", kind, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -159,7 +223,7 @@ def start_naive(kind: str) -> tuple[object, str]:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             connection.request("GET", "/")
             connection.getresponse().read()
-            return process, url
+            return process, f"http://127.0.0.1:{port}"
         except OSError:
             time.sleep(0.3)
     process.kill()
@@ -169,26 +233,28 @@ def start_naive(kind: str) -> tuple[object, str]:
 # --- the run -------------------------------------------------------------------------------------
 
 
-def bench_kind(kind: str, requests: int, log_dir) -> None:
+def bench_kind(kind: str, requests: int, log_dir: Path) -> None:
     bodies = payloads(kind)
-    forward = _text_forward() if kind == "text" else _vision_forward()
+    forward = text_forward() if kind == "text" else vision_forward()
     items = SENTENCES if kind == "text" else sample_images()
     # The in-process ceiling runs first, while no server is busy, so neither slows the other.
-    baselines = {c: measure_in_process(forward, items, c) for c in CONCURRENCIES}
+    ceiling = {c: measure_in_process(forward, items, c) for c in CONCURRENCIES}
+    forward_ms = forward_p50_ms(forward, items)
     del forward
 
     encoder = start_service(kind, log_dir=log_dir)
     dead = "127.0.0.1:1"  # the route measured needs only this encoder
     addresses = {"text": dead, "vision": dead, "fusion": dead, kind: encoder.address}
-    gateway: ServiceProcess | None = None
+    gateway = None
     try:
         gateway = start_service(
             "gateway",
             args=["--text-address", addresses["text"], "--vision-address", addresses["vision"],
-                  "--fusion-address", addresses["fusion"], "--log-level", "WARNING"],
+                  "--fusion-address", addresses["fusion"]],
             log_dir=log_dir,
         )  # fmt: skip
-        served = _measure(gateway.url + ROUTES[kind], bodies, requests, "gateway")
+        servers = {"gateway": gateway.process.pid, "encoder": encoder.process.pid}
+        served = measure(gateway.url + ROUTES[kind], bodies, requests, "gateway", servers)
     finally:
         if gateway is not None:
             gateway.stop()
@@ -196,19 +262,18 @@ def bench_kind(kind: str, requests: int, log_dir) -> None:
 
     naive_process, naive_url = start_naive(kind)
     try:
-        naive = _measure(naive_url + ROUTES[kind], bodies, requests, "naive")
+        naive = measure(naive_url + ROUTES[kind], bodies, requests, "naive", {"naive": naive_process.pid})
     finally:
         naive_process.terminate()
         naive_process.wait(20)
 
     rows = []
-    for result, simple in zip(served, naive, strict=True):
-        c = result.concurrency
+    for ours, simple in zip(served, naive, strict=True):
+        r, s, c = ours.load, simple.load, ours.load.concurrency
         rows.append(
-            [c, result.items_per_s, result.percentile_ms(50), result.percentile_ms(99),
-             simple.items_per_s, simple.percentile_ms(50), simple.percentile_ms(99), baselines[c],
-             f"{result.items_per_s / simple.items_per_s:.2f}" if simple.items_per_s else "-",
-             f"{result.items_per_s / baselines[c]:.2f}", result.errors + simple.errors]
+            [c, r.items_per_s, r.percentile_ms(50), r.percentile_ms(99), s.items_per_s, s.percentile_ms(50),
+             s.percentile_ms(99), ceiling[c], f"{r.items_per_s / s.items_per_s:.2f}" if s.items_per_s else "-",
+             f"{r.items_per_s / ceiling[c]:.2f}", r.errors + s.errors]
         )  # fmt: skip
     print_table(
         f"{ROUTES[kind]}: gateway -> gRPC {kind} encoder vs naive in-process Flask vs in-process forward "
@@ -217,15 +282,22 @@ def bench_kind(kind: str, requests: int, log_dir) -> None:
          "forward items/s", "gw/naive", "gw/forward", "errors"],
         rows,
     )  # fmt: skip
+    cpu_rows = [
+        [m.load.concurrency, m.cpu_ms["gateway"], m.cpu_ms["encoder"], m.cpu_ms["client"], n.cpu_ms["naive"],
+         n.cpu_ms["client"]]
+        for m, n in zip(served, naive, strict=True)
+    ]  # fmt: skip
+    print_table(
+        f"{ROUTES[kind]}: CPU ms per request (2 cores = 2000 ms of CPU per second)",
+        ["concurrency", "gateway", "encoder service", "client (gw run)", "naive app", "client (naive run)"],
+        [[c, *(f"{v:.2f}" for v in rest)] for c, *rest in cpu_rows],
+    )
+    overhead = served[0].load.percentile_ms(50) - forward_ms
+    print(
+        f"\nconcurrency 1: forward p50 {forward_ms:.2f} ms in-process, {served[0].load.percentile_ms(50):.2f} ms "
+        f"through HTTP -> gateway -> gRPC -> encoder: the hops add {overhead:.2f} ms"
+    )
     sys.stdout.flush()
-
-
-def _measure(url: str, bodies: list[bytes], requests: int, label: str) -> list[LoadResult]:
-    results = []
-    for concurrency in CONCURRENCIES:
-        count = requests if concurrency > 1 else max(requests // 3, 30)
-        results.append(run_http_load(url, bodies, concurrency, count, label))
-    return results
 
 
 def main() -> None:
@@ -238,11 +310,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_naive:
-        serve_naive(args.serve_naive, args.port)
-        return
-    import tempfile
-    from pathlib import Path
+        from werkzeug.serving import run_simple
 
+        run_simple("127.0.0.1", args.port, naive_app(args.serve_naive), threaded=True)
+        return
     log_dir = Path(tempfile.mkdtemp(prefix="mmserve-bench-gateway-"))
     for kind in ("text", "vision"):
         if args.only and kind != args.only:
