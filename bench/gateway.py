@@ -1,8 +1,9 @@
 """REST gateway benchmark: /v1/embed/text and /v1/embed/image at concurrency 1, 8, 32 (items/s,
-p50, p99) through gateway -> gRPC encoder, next to, measured in the same run:
+p50, p99) through gateway -> gRPC encoder, with one item per request (and, for text, also 8, to
+show the per-request cost amortised), next to, measured in the same run:
 
-- the in-process forward of the same model (the ceiling: batch = concurrency, and the latency of
-  one forward at batch 1), and
+- the in-process forward of the same model (the ceiling: batch = concurrency x items up to the
+  encoder's 32, and the latency of one forward at batch 1), and
 - a naive single-process Flask app that holds the model and runs one forward per request in
   the request thread (what a first prototype would do).
 
@@ -45,11 +46,16 @@ ROUTES = {"text": "/v1/embed/text", "vision": "/v1/embed/image"}
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def payloads(kind: str) -> list[bytes]:
-    """Single-item request bodies, encoded once so the client spends no CPU on JSON."""
+def payloads(kind: str, items_per_request: int = 1) -> list[bytes]:
+    """Request bodies, encoded once so the client spends no CPU on JSON."""
     if kind == "text":
-        return [json.dumps({"texts": [s]}).encode() for s in SENTENCES]
-    return [json.dumps({"images": [base64.b64encode(b).decode()]}).encode() for b in sample_images()]
+        pool, field = SENTENCES, "texts"
+    else:
+        pool, field = [base64.b64encode(b).decode() for b in sample_images()], "images"
+    return [
+        json.dumps({field: [pool[(i + j) % len(pool)] for j in range(items_per_request)]}).encode()
+        for i in range(len(pool))
+    ]
 
 
 # --- CPU accounting ------------------------------------------------------------------------------
@@ -77,7 +83,9 @@ class Measured:
 # --- the load generator --------------------------------------------------------------------------
 
 
-def run_http_load(url: str, bodies: list[bytes], concurrency: int, requests: int, label: str) -> LoadResult:
+def run_http_load(
+    url: str, bodies: list[bytes], concurrency: int, requests: int, label: str, items_per_request: int = 1
+) -> LoadResult:
     """Closed loop: ``concurrency`` threads, each with one keep-alive connection, one request at a time."""
     parts = urlsplit(url)
     counter = iter(range(requests))
@@ -119,7 +127,8 @@ def run_http_load(url: str, bodies: list[bytes], concurrency: int, requests: int
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - began
-    return LoadResult(label, concurrency, requests, len(latencies), errors[0], seconds, np.array(latencies))
+    items = len(latencies) * items_per_request
+    return LoadResult(label, concurrency, requests, items, errors[0], seconds, np.array(latencies))
 
 
 def _post(connection: http.client.HTTPConnection, path: str, body: bytes, headers: dict) -> bool:
@@ -130,18 +139,17 @@ def _post(connection: http.client.HTTPConnection, path: str, body: bytes, header
 
 
 def measure(
-    url: str, bodies: list[bytes], requests: int, label: str, servers: dict[str, int]
+    url: str, bodies: list[bytes], requests: int, label: str, servers: dict[str, int], items_per_request: int
 ) -> list[Measured]:
     """Each concurrency in turn, with the CPU each server process (and the client) spent on it."""
     results = []
     run_http_load(url, bodies, 8, 32, "warm-up")
     for concurrency in CONCURRENCIES:
-        count = requests if concurrency > 1 else max(requests // 3, 30)
         before = {role: cpu_seconds(pid) for role, pid in servers.items()}
         client_before = client_cpu_seconds()
-        load = run_http_load(url, bodies, concurrency, count, label)
-        cpu = {role: (cpu_seconds(pid) - before[role]) * 1000 / count for role, pid in servers.items()}
-        cpu["client"] = (client_cpu_seconds() - client_before) * 1000 / count
+        load = run_http_load(url, bodies, concurrency, requests, label, items_per_request)
+        cpu = {role: (cpu_seconds(pid) - before[role]) * 1000 / requests for role, pid in servers.items()}
+        cpu["client"] = (client_cpu_seconds() - client_before) * 1000 / requests
         results.append(Measured(load, cpu))
     return results
 
@@ -185,6 +193,28 @@ def forward_p50_ms(forward: Callable[[Sequence], object], items: Sequence, secon
         forward([items[i % len(items)]])
         latencies.append(time.perf_counter() - began)
         i += 1
+    return float(np.median(latencies) * 1000)
+
+
+def grpc_p50_ms(kind: str, address: str, items: Sequence, requests: int = 100) -> float:
+    """Median latency of one single-item gRPC call straight to the encoder (no gateway)."""
+    import grpc
+
+    from mmserve.v1 import text_pb2, text_pb2_grpc, vision_pb2, vision_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        if kind == "text":
+            call = text_pb2_grpc.TextEncoderServiceStub(channel).Embed
+            messages = [text_pb2.EmbedTextRequest(texts=[item]) for item in items]
+        else:
+            call = vision_pb2_grpc.VisionEncoderServiceStub(channel).Embed
+            messages = [vision_pb2.EmbedImageRequest(images=[item]) for item in items]
+        latencies = []
+        for i in range(requests + 10):
+            began = time.perf_counter()
+            call(messages[i % len(messages)], timeout=60)
+            if i >= 10:  # the first calls open the connection
+                latencies.append(time.perf_counter() - began)
     return float(np.median(latencies) * 1000)
 
 
@@ -233,15 +263,18 @@ def start_naive(kind: str) -> tuple[subprocess.Popen, str]:
 # --- the run -------------------------------------------------------------------------------------
 
 
-def bench_kind(kind: str, requests: int, log_dir: Path) -> None:
-    bodies = payloads(kind)
+def bench_kind(kind: str, requests: int, items_per_request: Sequence[int], log_dir: Path) -> None:
     forward = text_forward() if kind == "text" else vision_forward()
     items = SENTENCES if kind == "text" else sample_images()
-    # The in-process ceiling runs first, while no server is busy, so neither slows the other.
-    ceiling = {c: measure_in_process(forward, items, c) for c in CONCURRENCIES}
+    # The in-process ceiling runs first, while no server is busy, so neither slows the other. The
+    # encoder batches at most 32 items (its default max_batch_size), so that is the best batch.
+    batches = {min(c * k, 32) for c in CONCURRENCIES for k in items_per_request}
+    ceiling = {b: measure_in_process(forward, items, b) for b in sorted(batches)}
     forward_ms = forward_p50_ms(forward, items)
     del forward
 
+    served: dict[int, list[Measured]] = {}
+    naive: dict[int, list[Measured]] = {}
     encoder = start_service(kind, log_dir=log_dir)
     dead = "127.0.0.1:1"  # the route measured needs only this encoder
     addresses = {"text": dead, "vision": dead, "fusion": dead, kind: encoder.address}
@@ -254,7 +287,11 @@ def bench_kind(kind: str, requests: int, log_dir: Path) -> None:
             log_dir=log_dir,
         )  # fmt: skip
         servers = {"gateway": gateway.process.pid, "encoder": encoder.process.pid}
-        served = measure(gateway.url + ROUTES[kind], bodies, requests, "gateway", servers)
+        direct_ms = grpc_p50_ms(kind, encoder.address, items)
+        for k in items_per_request:
+            served[k] = measure(
+                gateway.url + ROUTES[kind], payloads(kind, k), requests // k, "gateway", servers, k
+            )
     finally:
         if gateway is not None:
             gateway.stop()
@@ -262,49 +299,67 @@ def bench_kind(kind: str, requests: int, log_dir: Path) -> None:
 
     naive_process, naive_url = start_naive(kind)
     try:
-        naive = measure(naive_url + ROUTES[kind], bodies, requests, "naive", {"naive": naive_process.pid})
+        for k in items_per_request:
+            naive[k] = measure(
+                naive_url + ROUTES[kind],
+                payloads(kind, k),
+                requests // k,
+                "naive",
+                {"naive": naive_process.pid},
+                k,
+            )
     finally:
         naive_process.terminate()
         naive_process.wait(20)
 
+    for k in items_per_request:
+        report(kind, k, served[k], naive[k], ceiling)
+    through = served[items_per_request[0]][0].load.percentile_ms(50)
+    print(
+        f"\nconcurrency 1, p50: forward {forward_ms:.2f} ms in-process; {direct_ms:.2f} ms straight to the "
+        f"encoder over gRPC; {through:.2f} ms through HTTP -> gateway -> gRPC -> encoder. The HTTP + gateway "
+        f"hop adds {through - direct_ms:.2f} ms, the encoder service {direct_ms - forward_ms:.2f} ms, "
+        f"{through - forward_ms:.2f} ms in all."
+    )
+    sys.stdout.flush()
+
+
+def report(
+    kind: str, k: int, served: list[Measured], naive: list[Measured], ceiling: dict[int, float]
+) -> None:
+    per_request = f"{k} item{'s' * (k > 1)} per request"
     rows = []
     for ours, simple in zip(served, naive, strict=True):
         r, s, c = ours.load, simple.load, ours.load.concurrency
+        best = ceiling[min(c * k, 32)]
         rows.append(
             [c, r.items_per_s, r.percentile_ms(50), r.percentile_ms(99), s.items_per_s, s.percentile_ms(50),
-             s.percentile_ms(99), ceiling[c], f"{r.items_per_s / s.items_per_s:.2f}" if s.items_per_s else "-",
-             f"{r.items_per_s / ceiling[c]:.2f}", r.errors + s.errors]
+             s.percentile_ms(99), best, f"{r.items_per_s / s.items_per_s:.2f}" if s.items_per_s else "-",
+             f"{r.items_per_s / best:.2f}", r.errors + s.errors]
         )  # fmt: skip
     print_table(
-        f"{ROUTES[kind]}: gateway -> gRPC {kind} encoder vs naive in-process Flask vs in-process forward "
-        "(single-item requests; forward at batch = concurrency)",
+        f"{ROUTES[kind]}, {per_request}: gateway -> gRPC {kind} encoder vs naive in-process Flask vs in-process "
+        "forward (at batch = min(concurrency x items, 32))",
         ["concurrency", "gw items/s", "gw p50 ms", "gw p99 ms", "naive items/s", "naive p50 ms", "naive p99 ms",
          "forward items/s", "gw/naive", "gw/forward", "errors"],
         rows,
     )  # fmt: skip
-    cpu_rows = [
-        [m.load.concurrency, m.cpu_ms["gateway"], m.cpu_ms["encoder"], m.cpu_ms["client"], n.cpu_ms["naive"],
-         n.cpu_ms["client"]]
+    cpu = [
+        [m.cpu_ms["gateway"], m.cpu_ms["encoder"], m.cpu_ms["client"], n.cpu_ms["naive"], n.cpu_ms["client"]]
         for m, n in zip(served, naive, strict=True)
-    ]  # fmt: skip
+    ]
     print_table(
-        f"{ROUTES[kind]}: CPU ms per request (2 cores = 2000 ms of CPU per second)",
+        f"{ROUTES[kind]}, {per_request}: CPU ms per request (2 cores = 2000 ms of CPU per second)",
         ["concurrency", "gateway", "encoder service", "client (gw run)", "naive app", "client (naive run)"],
-        [[c, *(f"{v:.2f}" for v in rest)] for c, *rest in cpu_rows],
+        [[c, *(f"{v:.2f}" for v in row)] for c, row in zip(CONCURRENCIES, cpu, strict=True)],
     )
-    overhead = served[0].load.percentile_ms(50) - forward_ms
-    print(
-        f"\nconcurrency 1: forward p50 {forward_ms:.2f} ms in-process, {served[0].load.percentile_ms(50):.2f} ms "
-        f"through HTTP -> gateway -> gRPC -> encoder: the hops add {overhead:.2f} ms"
-    )
-    sys.stdout.flush()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=300, help="requests per concurrency level (text)")
     parser.add_argument("--only", choices=("text", "vision"))
     parser.add_argument("--serve-naive", choices=("text", "vision"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -318,8 +373,9 @@ def main() -> None:
     for kind in ("text", "vision"):
         if args.only and kind != args.only:
             continue
+        # Single items show the per-request cost; 8 texts per request show it amortised.
         requests = args.requests if kind == "text" else max(args.requests // 3, 60)
-        bench_kind(kind, requests, log_dir)
+        bench_kind(kind, requests, (1, 8) if kind == "text" else (1,), log_dir)
     print(f"\nservice logs: {log_dir}")
 
 

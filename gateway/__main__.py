@@ -13,7 +13,7 @@ import tempfile
 
 from gunicorn.app.base import BaseApplication
 
-from services.common.logs import configure_logging
+from services.common.logs import JsonFormatter, configure_logging
 from services.common.settings import GatewaySettings, load_settings
 
 
@@ -32,8 +32,9 @@ class GatewayServer(BaseApplication):
             "graceful_timeout": 10,
             "timeout": int(s.deadline_s) + 30,
             "keepalive": 30,
-            "accesslog": None,
+            "accesslog": None,  # the app logs one JSON line per request itself, with its request id
             "loglevel": s.log_level.lower(),
+            "logconfig_dict": _json_logging(s.log_level),
             "child_exit": _mark_worker_dead,
             # The default control socket is one fixed path per user: several gateways on a host would share it.
             "control_socket_disable": True,
@@ -45,6 +46,19 @@ class GatewayServer(BaseApplication):
 
         configure_logging("gateway", self._settings.log_level)
         return create_app(self._settings)
+
+
+def _json_logging(level: str) -> dict:
+    """gunicorn's own messages (start, worker boot and exit) as the same JSON lines as the app's."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter, "service": "gateway"}},
+        "handlers": {"stderr": handler},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {"gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False}},
+    }
 
 
 def _mark_worker_dead(_server, worker) -> None:

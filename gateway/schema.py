@@ -159,6 +159,8 @@ class Image(Field):
             header, _, text = text.partition(",")
             if not header.endswith(";base64"):
                 raise invalid(f"'{where}': only base64 data URLs are supported")
+        if "\n" in text:  # line-wrapped base64 (the `base64` tool wraps at 76 columns by default)
+            text = text.replace("\r", "").replace("\n", "")
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):

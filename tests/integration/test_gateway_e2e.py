@@ -161,21 +161,33 @@ def test_readiness_request_id_and_metrics_move_with_traffic(gateway: str) -> Non
             families = text_string_to_metric_families(response.read().decode())
             return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
 
-    key = (
-        "mmserve_http_requests_total",
-        (("method", "POST"), ("route", "/v1/embed/text"), ("status", "200")),
+    route = (("method", "POST"), ("route", "/v1/embed/text"))
+    requests_key = ("mmserve_http_requests_total", (*route, ("status", "200")))
+    duration_key = ("mmserve_http_request_duration_seconds_count", route)
+    upstream_key = (
+        "mmserve_upstream_request_duration_seconds_count",
+        (("code", "OK"), ("method", "Embed"), ("service", "text")),
     )
     before = scrape()
     for _ in range(5):
         ok(gateway + "/v1/embed/text", {"texts": ["count me"]})
     after = scrape()
-    assert after[key] - before.get(key, 0) >= 5
-    names = {name for name, _ in after}
-    assert {
-        "mmserve_http_request_duration_seconds_bucket",
-        "mmserve_upstream_request_duration_seconds_bucket",
-        "mmserve_http_requests_in_flight",
-    } <= names
+    for key in (requests_key, duration_key, upstream_key):
+        assert after[key] - before.get(key, 0) >= 5, key
+    assert after[("mmserve_http_requests_in_flight", ())] >= 1  # this scrape itself is in flight
+    # Route labels are URL rules: a probe of random paths adds one "unmatched" series, not one per path.
+    for path in ("/v1/a1", "/v1/b2", "/nothing/here"):
+        assert post_json(gateway + path, None).status == 404
+    paths = {dict(labels).get("route") for name, labels in scrape() if name == "mmserve_http_requests_total"}
+    assert "unmatched" in paths and not {"/v1/a1", "/v1/b2", "/nothing/here"} & paths
+
+
+def test_openapi_and_swagger_ui_are_served(gateway: str) -> None:
+    document = ok(gateway + "/openapi.json", None)
+    assert {"/v1/embeddings", "/v1/embed/image", "/v1/similarity", "/readyz"} <= set(document["paths"])
+    page = post_json(gateway + "/docs", None)
+    assert page.status == 200 and b"swagger-ui-bundle.js" in page.body
+    assert post_json(gateway + "/docs/static/swagger-ui-bundle.js", None).status == 200
 
 
 def test_api_keys_on_a_second_gateway(text_service, vision_service, fusion_service, log_dir) -> None:
@@ -190,8 +202,11 @@ def test_api_keys_on_a_second_gateway(text_service, vision_service, fusion_servi
         assert post_json(url, {"texts": ["a"]}).status == 401
         assert post_json(url, {"texts": ["a"]}, headers={"Authorization": "Bearer wrong"}).status == 401
         assert post_json(url, {"texts": ["a"]}, headers={"Authorization": "Bearer secret-2"}).status == 200
-        assert post_json(keyed.url + "/healthz", None).status == 200
-        assert post_json(keyed.url + "/metrics", None).status == 200
+        assert post_json(keyed.url + "/v1/models", None).status == 401
+        client = openai.OpenAI(base_url=keyed.url + "/v1", api_key="secret-1", max_retries=0)
+        assert len(client.embeddings.create(model="m", input="with a key").data[0].embedding) == 384
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+            assert post_json(keyed.url + path, None).status == 200, path
     finally:
         keyed.stop()
 
@@ -220,7 +235,7 @@ def test_openapi_contract_has_no_server_errors(gateway: str) -> None:
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             def exercise(case) -> None:
                 nonlocal calls
                 calls += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from pathlib import Path
@@ -51,3 +52,27 @@ def test_sigterm_right_after_start_exits_cleanly(tmp_path: Path) -> None:
         gateway = start_service("gateway", args=["--workers", "2", *DEAD_BACKENDS], log_dir=tmp_path)
         assert gateway.stop() == 0, gateway.log_tail()
         assert "Exception in worker process" not in gateway.log_path.read_text()
+
+
+def test_logs_are_json_lines_with_request_ids_and_never_bodies(tmp_path: Path) -> None:
+    gateway = start_service("gateway", args=DEAD_BACKENDS, log_dir=tmp_path)
+    try:
+        secret = "a private sentence that must never reach a log"
+        outcome = post_json(
+            gateway.url + "/v1/embed/text", {"texts": [secret]}, headers={"X-Request-ID": "log-test-1"}
+        )
+        assert outcome.status == 503
+        post_json(gateway.url + "/v1/embed/text", {"texts": 5})  # a 400 is logged too
+    finally:
+        assert gateway.stop() == 0
+    lines = [json.loads(line) for line in gateway.log_path.read_text().splitlines() if line.strip()]
+    assert {line["service"] for line in lines} == {"gateway"}  # gunicorn's own lines too
+    (logged,) = [line for line in lines if line.get("request_id") == "log-test-1"]
+    assert {k: logged[k] for k in ("route", "method", "status")} == {
+        "route": "/v1/embed/text",
+        "method": "POST",
+        "status": 503,
+    }
+    assert logged["duration_ms"] >= 0
+    assert any(line.get("status") == 400 for line in lines)
+    assert secret not in gateway.log_path.read_text()

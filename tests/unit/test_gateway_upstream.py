@@ -323,6 +323,10 @@ def test_multipart_upload_sends_the_files_bytes_untouched(client, b) -> None:
     assert list(b.requests("vision.Embed")[0].images) == files
     as_json = ok(client.post("/v1/embed/image", json={"images": [b64(f) for f in files]}))
     assert uploaded == as_json
+    wrapped = base64.encodebytes(files[0]).decode()  # MIME style: a newline every 76 characters
+    assert "\n" in wrapped.strip()
+    ok(client.post("/v1/embed/image", json={"images": [wrapped]}))
+    assert b.requests("vision.Embed")[-1].images[0] == files[0]
     top = ok(client.post("/v1/classify/image", data={"image": [(io.BytesIO(files[0]), "a.png")], "top_k": "2"},
                          content_type="multipart/form-data"))  # fmt: skip
     assert b.requests("vision.Classify")[0].top_k == 2 and len(top["results"][0]["labels"]) == 2
