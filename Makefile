@@ -43,8 +43,8 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 train-demo: venv
-	$(PY) -m services.fusion.demo_data --out data/demo
-	$(PY) -m services.fusion.train --data data/demo --out heads
+	$(PY) -m training.demo_data --out data/demo
+	$(PY) -m training.heads demo --data data/demo --out heads
 
 soak: venv
 	$(PY) -m bench.soak --duration-s 600

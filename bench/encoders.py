@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from bench.load import measure_in_process, print_table, run_load
+from bench.load import measure_in_process, print_table, run_load, text_forward, vision_forward
 from mmserve.v1 import text_pb2, text_pb2_grpc, vision_pb2, vision_pb2_grpc
 from scripts.stack import start_service
 
@@ -41,32 +41,6 @@ def sample_images(count: int = 8, side: int = 256) -> list[bytes]:
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
         images.append(buffer.getvalue())
     return images
-
-
-def text_in_process(batch_size: int) -> float:
-    from services.text.embedding import TextEmbedder
-
-    embedder = TextEmbedder()
-    embedder.load()
-    return measure_in_process(embedder.embed, SENTENCES, batch_size)
-
-
-def vision_in_process(batch_size: int, images: list[bytes]) -> float:
-    from services.common.settings import VisionSettings
-    from services.vision.backend import create_backend
-    from services.vision.decoding import ImageLimits
-    from services.vision.preprocessing import prepare_image
-
-    settings = VisionSettings()
-    backend = create_backend(settings)
-    backend.load()
-    limits = ImageLimits.from_settings(settings)
-
-    def forward(batch: list[bytes]) -> object:
-        # The service decodes and preprocesses per request too, so the baseline includes it.
-        return backend.embed(np.stack([prepare_image(b, limits, backend.transform) for b in batch]))
-
-    return measure_in_process(forward, images, batch_size)
 
 
 async def bench_service(kind: str, address: str, requests: int, payloads: list) -> list:
@@ -122,9 +96,11 @@ def main() -> None:
         try:
             # The baseline runs while the service is idle, so neither slows the other.
             if kind == "text":
-                baselines = {c: text_in_process(c) for c in CONCURRENCIES}
+                forward = text_forward()
+                baselines = {c: measure_in_process(forward, SENTENCES, c) for c in CONCURRENCIES}
             else:
-                baselines = {c: vision_in_process(c, images) for c in CONCURRENCIES}
+                forward = vision_forward()
+                baselines = {c: measure_in_process(forward, images, c) for c in CONCURRENCIES}
             payloads = SENTENCES if kind == "text" else images
             results = asyncio.run(bench_service(kind, service.address, requests, payloads))
         finally:

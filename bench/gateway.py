@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from bench.encoders import SENTENCES, sample_images
-from bench.load import LoadResult, measure_in_process, print_table
+from bench.load import LoadResult, measure_in_process, print_table, text_forward, vision_forward
 from scripts.procfs import children
 from scripts.stack import free_port, start_service
 
@@ -155,32 +155,6 @@ def measure(
 
 
 # --- the in-process model ------------------------------------------------------------------------
-
-
-def text_forward() -> Callable[[Sequence], object]:
-    from services.text.embedding import TextEmbedder
-
-    embedder = TextEmbedder()
-    embedder.load()
-    return embedder.embed
-
-
-def vision_forward() -> Callable[[Sequence], object]:
-    from services.common.settings import VisionSettings
-    from services.vision.backend import create_backend
-    from services.vision.decoding import ImageLimits
-    from services.vision.preprocessing import prepare_image
-
-    settings = VisionSettings()
-    backend = create_backend(settings)
-    backend.load()
-    limits = ImageLimits.from_settings(settings)
-
-    def forward(images: Sequence[bytes]) -> object:
-        # Decoding and preprocessing happen per request in every path measured, so they count here too.
-        return backend.embed(np.stack([prepare_image(b, limits, backend.transform) for b in images]))
-
-    return forward
 
 
 def forward_p50_ms(forward: Callable[[Sequence], object], items: Sequence, seconds: float = 2.0) -> float:

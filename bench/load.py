@@ -91,3 +91,27 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
         print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
         if index == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def text_forward() -> Callable[[Sequence[str]], object]:
+    """The default text model in this process: one forward pass per call."""
+    from services.text.embedding import TextEmbedder
+
+    embedder = TextEmbedder()
+    embedder.load()
+    return embedder.process
+
+
+def vision_forward() -> Callable[[Sequence[bytes]], object]:
+    """The default vision model in this process, from encoded images, as the service prepares them
+    (decoding and preprocessing happen per request in every path measured, so they count here too)."""
+    from services.common.settings import VisionSettings
+    from services.vision.backend import create_model
+    from services.vision.decoding import ImageLimits
+    from services.vision.preprocessing import prepare_batch
+
+    settings = VisionSettings()
+    model = create_model(settings)
+    model.load()
+    limits = ImageLimits.from_settings(settings)
+    return lambda images: model.embed(prepare_batch(images, limits, model.transform))

@@ -1,13 +1,16 @@
 """``make run``: the whole stack on this machine, in the foreground; Ctrl-C stops all four.
 
 Starts text and vision (default real models), fusion (serving the heads in ./heads) and the
-gateway on the default ports, waits until /readyz answers, then prints where to call it.
+gateway on the default ports, waits until /readyz answers, then prints where to call it. The
+fine-tuned text models ``make finetune-demo`` leaves in ./models (``ner``, ``classifier``) are
+served by the text service when they are there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -33,9 +36,24 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> None:
     raise TimeoutError(f"{url}/readyz did not become ready in {timeout_s:.0f}s")
 
 
+def finetuned_model_args(models_dir: Path) -> list[str]:
+    """Text service flags for the fine-tuned models found in ``models_dir`` (unless the
+    environment already names a model: an explicit choice wins)."""
+    args = []
+    for folder, flag, env in (
+        ("ner", "--ner-model", "MMSERVE_TEXT_NER_MODEL"),
+        ("classifier", "--classifier-model", "MMSERVE_TEXT_CLASSIFIER_MODEL"),
+    ):
+        if (models_dir / folder / "config.json").is_file() and not os.environ.get(env):
+            print(f"serving the fine-tuned {folder} model in {models_dir / folder}", flush=True)
+            args += [flag, str(models_dir / folder)]
+    return args
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--heads-dir", default=str(ROOT / "heads"))
+    parser.add_argument("--models-dir", default=str(ROOT / "models"), help="Fine-tuned text models.")
     parser.add_argument("--log-dir", default=str(ROOT / "build" / "logs"))
     args = parser.parse_args()
     log_dir = Path(args.log_dir)
@@ -43,7 +61,10 @@ def main() -> None:
     Path(args.heads_dir).mkdir(parents=True, exist_ok=True)
 
     print("starting text, vision, fusion and gateway (logs in build/logs) ...", flush=True)
-    stack = start_stack(ports=DEFAULT_PORTS, heads_dir=args.heads_dir, log_dir=log_dir)
+    text_args = finetuned_model_args(Path(args.models_dir))
+    stack = start_stack(
+        ports=DEFAULT_PORTS, heads_dir=args.heads_dir, log_dir=log_dir, extra_args={"text": text_args}
+    )
     # Ctrl-C reaches the whole process group; SIGTERM (e.g. from a supervisor) stops us the same way.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

@@ -119,15 +119,15 @@ def demo_heads(demo_workdir: Path) -> Path:
     import subprocess
     import sys
 
-    from services.fusion import demo_data
+    from training import demo_data
 
     demo_data.generate(demo_workdir / "demo", n=DEMO_IMAGES, seed=0)
     command = [
-        sys.executable, "-m", "services.fusion.train",
+        sys.executable, "-m", "training.heads", "demo",
         "--data", str(demo_workdir / "demo"),
         "--out", str(demo_workdir / "heads"),
         "--cache-dir", str(demo_workdir / "cache"),
-        "--quiet",
+        "--no-progress",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

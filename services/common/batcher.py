@@ -37,15 +37,16 @@ class _Request:
     future: asyncio.Future
     deadline: float | None  # event-loop clock
     enqueued: float
-    cost: int = field(default=0)
+    widest: int = field(default=1)  # cost of the request's most expensive item
 
 
 class DynamicBatcher(Generic[ItemT, OutT]):
     """Batches items from concurrent ``submit`` calls into calls of ``process``.
 
     ``process`` gets a flat list of items and must return one output per item, in order.
-    ``cost`` (optional) weighs each item for ``max_batch_cost`` (a token budget for text), so
-    one long input does not pad a whole batch.
+    ``cost`` (optional) weighs each item for ``max_batch_cost``. A model pads every item of a
+    batch to the longest one, so a batch costs ``max(cost) x items`` (for text: padded tokens),
+    and one long input does not pad a whole batch of short ones beyond the budget.
     """
 
     def __init__(
@@ -96,10 +97,6 @@ class DynamicBatcher(Generic[ItemT, OutT]):
             await self._worker
         self._executor.shutdown(wait=True)
 
-    @property
-    def queued_items(self) -> int:
-        return self._queued_items
-
     async def submit(self, items: Sequence[ItemT], timeout_s: float | None = None) -> Sequence[OutT]:
         """Queues ``items`` and waits for their outputs (one per item, in order)."""
         if self._closing or self._worker is None:
@@ -111,8 +108,8 @@ class DynamicBatcher(Generic[ItemT, OutT]):
             )
         loop = asyncio.get_running_loop()
         now = loop.time()
-        cost = sum(map(self._cost, items)) if self._cost is not None else count
-        request = _Request(items, loop.create_future(), now + timeout_s if timeout_s else None, now, cost)
+        widest = max(map(self._cost, items), default=1) if self._cost is not None else 1
+        request = _Request(items, loop.create_future(), now + timeout_s if timeout_s else None, now, widest)
         self._pending.append(request)
         self._queued_items += count
         self._queue_depth.set(self._queued_items)
@@ -127,7 +124,7 @@ class DynamicBatcher(Generic[ItemT, OutT]):
     def _take_batch(self, now: float) -> list[_Request]:
         """Pops queued requests that fit one forward pass, dropping expired or abandoned ones."""
         batch: list[_Request] = []
-        items = cost = 0
+        items = widest = 0
         while self._pending:
             head = self._pending[0]
             if head.future.done():  # the caller was cancelled
@@ -138,13 +135,13 @@ class DynamicBatcher(Generic[ItemT, OutT]):
                     DeadlineExceeded("deadline exceeded while waiting in the queue")
                 )
                 continue
-            over_size = items + len(head.items) > self._max_batch_size
-            over_cost = self._max_batch_cost is not None and cost + head.cost > self._max_batch_cost
+            grown_items, grown_widest = items + len(head.items), max(widest, head.widest)
+            over_size = grown_items > self._max_batch_size
+            over_cost = self._max_batch_cost is not None and grown_widest * grown_items > self._max_batch_cost
             if batch and (over_size or over_cost):
                 break
             batch.append(self._dequeue())
-            items += len(head.items)
-            cost += head.cost
+            items, widest = grown_items, grown_widest
         self._queue_depth.set(self._queued_items)
         return batch
 

@@ -1,13 +1,22 @@
-"""Picks the torch device and dtype: CUDA + float16 when a GPU is present, CPU + float32 otherwise."""
+"""Picks the torch device and dtype: CUDA + float16 when a GPU is present, CPU + float32 otherwise.
+
+torch is imported inside the functions: ``services.common`` also ships in the torch-free
+gateway image, and only model processes call these.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
 
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     resolved = torch.device(device)
@@ -15,10 +24,9 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     if dtype == "auto":
         return resolved, torch.float16 if resolved.type == "cuda" else torch.float32
-    try:
-        return resolved, _DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(_DTYPES)}") from None
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPE_NAMES)}")
+    return resolved, getattr(torch, dtype)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -28,4 +36,6 @@ def dtype_name(dtype: torch.dtype) -> str:
 def configure_threads(torch_threads: int) -> None:
     """Caps torch's intra-op threads; 0 keeps torch's default (one per core)."""
     if torch_threads > 0:
+        import torch
+
         torch.set_num_threads(torch_threads)

@@ -53,13 +53,6 @@ class InferenceError(MmserveError):
     code = grpc.StatusCode.INTERNAL
 
 
-def status_code_for(exc: BaseException) -> grpc.StatusCode:
-    """The status a failure is reported with; anything unexpected is INTERNAL."""
-    if isinstance(exc, MmserveError):
-        return exc.code
-    return grpc.StatusCode.INTERNAL
-
-
 class UpstreamError(MmserveError):
     """A downstream service's failure, passed through to the caller with its own status code."""
 

@@ -8,10 +8,6 @@ from pathlib import Path
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 
-def is_local(model: str) -> bool:
-    return Path(model).expanduser().exists()
-
-
 def weights_digest(directory: Path, length: int = 12) -> str:
     """A short sha256 over the weight files of a local model: its revision when it has no hub commit."""
     digest = hashlib.sha256()

@@ -68,6 +68,10 @@ class TextSettings(EncoderSettings):
         "",
         "NER model: local dir or hub id of a token-classification model; empty means the packaged spaCy pipeline.",
     )
+    classifier_model: str = option(
+        "", "Text classifier: local dir or hub id of a sequence-classification model; empty serves none."
+    )
+    top_k: int = option(5, "Default number of labels ClassifyText returns.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ import grpc
 import numpy as np
 
 from mmserve.v1 import common_pb2, text_pb2, text_pb2_grpc, vision_pb2, vision_pb2_grpc
+from services.common.backend import EncoderInfo
 from services.common.channels import ChannelSecurity, create_aio_channel
 from services.common.errors import NotReady, UpstreamError
 from services.common.logs import REQUEST_ID_HEADER, request_id_var
@@ -37,23 +38,6 @@ _LOGGER = logging.getLogger(__name__)
 MODEL_INFO_TIMEOUT_S = 2.0
 # Timeout for a call whose deadline has already passed: gRPC then fails it with DEADLINE_EXCEEDED.
 _EXPIRED_S = 0.001
-
-
-@dataclass(frozen=True)
-class EncoderInfo:
-    """What fusion knows of a serving encoder (the fields heads and CLIP pairs are checked on)."""
-
-    model_id: str
-    revision: str
-    embedding_dim: int
-
-    @classmethod
-    def from_proto(cls, info: common_pb2.ModelInfo) -> EncoderInfo:
-        return cls(info.model_id, info.revision, info.embedding_dim)
-
-    def produced(self, model_id: str, dim: int) -> bool:
-        """Whether an Embed reply (its model id, its row width) came from this model."""
-        return dim == self.embedding_dim and (not model_id or model_id == self.model_id)
 
 
 @dataclass(frozen=True)
@@ -91,11 +75,6 @@ class EncoderClient:
         self._info: EncoderInfo | None = None  # read since the channel last connected
         self._last_known: EncoderInfo | None = None  # kept while the encoder is down, for listings
         self._watch: asyncio.Task | None = None
-
-    @property
-    def last_known(self) -> EncoderInfo | None:
-        """The model this encoder served when last reached (None if never reached)."""
-        return self._last_known
 
     def start(self) -> None:
         self._watch = asyncio.get_running_loop().create_task(
@@ -140,7 +119,7 @@ class EncoderClient:
             reply = await self._info_call(timeout)
         except grpc.aio.AioRpcError as error:
             raise self._upstream(error) from None
-        return self._remember(EncoderInfo.from_proto(reply))
+        return self._remember(EncoderInfo.of(reply))
 
     async def current_info(self, deadline: float) -> EncoderInfo:
         """The model served now: remembered since the last connect, else read (lazily)."""
@@ -207,9 +186,6 @@ class EncoderClients:
             lambda timeout: vision.GetModelInfo(info_request, timeout=timeout, metadata=_metadata()),
         )
         self._default_deadline_s = settings.default_deadline_s
-
-    def by_modality(self, modality: str) -> EncoderClient:
-        return {"text": self.text, "image": self.image}[modality]
 
     def deadline(self, remaining_s: float | None) -> float:
         """The absolute deadline of downstream calls: the caller's, or the configured default."""

@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from services.common.backend import EncoderInfo
 from services.common.errors import FailedPrecondition, InvalidInput, MmserveError
 from services.fusion.strategies import (
     ALIGNMENT_STRATEGY,
@@ -121,14 +122,6 @@ class HeadManifest:
             "weights_sha256": self.weights_sha256,
             "created_at": self.created_at,
         }
-
-
-class EncoderInfo(Protocol):
-    """What check_compatible needs of a serving encoder (ModelDescription and ModelInfo both fit)."""
-
-    model_id: str
-    revision: str
-    embedding_dim: int
 
 
 # --------------------------------------------------------------------------- manifest parsing

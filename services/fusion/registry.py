@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.backend import EncoderInfo
 from services.common.errors import FailedPrecondition, MmserveError, NotFound
-from services.fusion.clients import EncoderInfo
 from services.fusion.heads import (
     MANIFEST_FILE,
     MODALITIES,
@@ -73,11 +73,6 @@ class HeadRegistry:
         self._infos: Mapping[str, EncoderInfo | None] = {"text": None, "image": None}
         self._dir_missing = False
         self._task: asyncio.Task | None = None
-
-    @property
-    def encoder_infos(self) -> Mapping[str, EncoderInfo | None]:
-        """The encoders' models as of the last scan (None: never reached)."""
-        return self._infos
 
     def served(self) -> list[Head]:
         return [self._served[name] for name in sorted(self._served)]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from services.fusion.clients import EncoderInfo
+from services.common.backend import EncoderInfo
 
 # CLIP's trained inverse temperature (exp(4.6052), where training clamps it): ModelInfo does not
 # carry a checkpoint's own value, and every released CLIP checkpoint ends training at this clamp.

@@ -10,6 +10,7 @@ from services.common.logs import configure_logging
 from services.common.metrics import ServiceMetrics
 from services.common.server import serve
 from services.common.settings import TextSettings, load_settings
+from services.text.classifier import TextClassifier
 from services.text.embedding import TextEmbedder
 from services.text.ner import create_ner
 from services.text.servicer import TextService
@@ -23,8 +24,12 @@ def main(argv: list[str] | None = None, embedder_factory: type[TextEmbedder] = T
         settings.model, settings.revision, settings.pooling, settings.device, settings.dtype
     )
     ner = create_ner(settings.ner_model, "", settings.device, settings.dtype)
+    classifier = None
+    if settings.classifier_model:
+        classifier = TextClassifier(settings.classifier_model, "", settings.device, settings.dtype)
     metrics = ServiceMetrics()
-    asyncio.run(serve(settings, TextService(settings, metrics, embedder, ner), metrics, "text"))
+    service = TextService(settings, metrics, embedder, ner, classifier)
+    asyncio.run(serve(settings, service, metrics, "text"))
 
 
 if __name__ == "__main__":

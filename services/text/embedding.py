@@ -59,8 +59,13 @@ def _max_length(source: str, tokenizer, config) -> int:
     return int(min(c for c in candidates if c and c < 1_000_000))
 
 
+def estimated_tokens(text: str, limit: int) -> int:
+    """About four characters per sub-word token in English, plus the special tokens."""
+    return min(len(text) // 4 + 2, limit)
+
+
 class TextEmbedder:
-    """A loaded text encoder; ``embed`` is one batched forward pass."""
+    """A text encoder as a ModelBackend: ``process`` embeds a batch in one forward pass."""
 
     def __init__(
         self,
@@ -110,11 +115,11 @@ class TextEmbedder:
             max_input_tokens=limit,
         )
 
-    def estimated_tokens(self, text: str) -> int:
+    def item_cost(self, text: str) -> int:
         """A cheap token estimate for the batcher's budget (no tokenizer call on the event loop)."""
-        return min(len(text) // 4 + 2, self._max_length)
+        return estimated_tokens(text, self._max_length)
 
-    def embed(self, texts: Sequence[str]) -> EmbeddingBatch:
+    def process(self, texts: Sequence[str]) -> EmbeddingBatch:
         encoded = self._tokenizer(
             list(texts), padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
         )

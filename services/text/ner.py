@@ -1,6 +1,7 @@
 """Named-entity recognition backends: the packaged spaCy pipeline, or any transformers model.
 
-Both return, per text, a list of ``FoundEntity`` with character offsets into that text.
+Both are ModelBackends: ``process`` returns, per text, a list of ``FoundEntity`` with
+character offsets into that text.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from dataclasses import dataclass
 from services.common.backend import ModelDescription
 from services.common.device import dtype_name, resolve_device
 from services.common.model_source import model_revision
+from services.text.embedding import estimated_tokens
+from services.text.labels import checked_labels, entity_types
 
 DEFAULT_NER_MODEL_ID = "spacy/en_core_web_sm"
+# Where a text's estimated cost stops growing for the batcher's budget (a typical model window).
+_MAX_TOKENS_ESTIMATE = 512
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,13 @@ class SpacyNer:
             embedding_dim=0,
             device="cpu",
             dtype="float32",
+            labels=tuple(self._nlp.get_pipe("ner").labels),
         )
 
-    def extract(self, texts: Sequence[str]) -> list[list[FoundEntity]]:
+    def item_cost(self, text: str) -> int:
+        return estimated_tokens(text, _MAX_TOKENS_ESTIMATE)
+
+    def process(self, texts: Sequence[str]) -> list[list[FoundEntity]]:
         return [
             [FoundEntity(e.text, e.label_, e.start_char, e.end_char) for e in doc.ents]
             for doc in self._nlp.pipe(texts, batch_size=max(len(texts), 1))
@@ -59,23 +68,32 @@ class TransformersNer:
     def load(self) -> ModelDescription:
         from transformers import pipeline
 
-        self._pipeline = pipeline(
-            "token-classification",
-            model=self._model,
-            revision=self._revision or None,
-            aggregation_strategy="simple",
-            device=self._device,
-            dtype=self._dtype,
-        )
+        try:
+            self._pipeline = pipeline(
+                "token-classification",
+                model=self._model,
+                revision=self._revision or None,
+                aggregation_strategy="simple",
+                device=self._device,
+                dtype=self._dtype,
+                model_kwargs={"use_safetensors": True},  # never unpickle weights
+            )
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"NER model {self._model}: cannot load: {exc}") from exc
+        tags = checked_labels(self._pipeline.model.config, self._model)
         return ModelDescription(
             model_id=self._model,
             revision=model_revision(self._model, self._revision),
             embedding_dim=0,
             device=str(self._device),
             dtype=dtype_name(self._dtype),
+            labels=tuple(entity_types(tags)),
         )
 
-    def extract(self, texts: Sequence[str]) -> list[list[FoundEntity]]:
+    def item_cost(self, text: str) -> int:
+        return estimated_tokens(text, _MAX_TOKENS_ESTIMATE)
+
+    def process(self, texts: Sequence[str]) -> list[list[FoundEntity]]:
         results = self._pipeline(list(texts), batch_size=max(len(texts), 1))
         return [
             [

@@ -10,7 +10,7 @@ from services.common.logs import configure_logging
 from services.common.metrics import ServiceMetrics
 from services.common.server import serve
 from services.common.settings import VisionSettings, load_settings
-from services.vision.backend import create_backend
+from services.vision.backend import create_model
 from services.vision.decoding import ImageLimits, configure_pillow
 from services.vision.servicer import VisionService
 
@@ -20,9 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging("vision", settings.log_level)
     configure_threads(settings.torch_threads)
     configure_pillow(ImageLimits.from_settings(settings))
-    backend = create_backend(settings)
+    model = create_model(settings)
     metrics = ServiceMetrics()
-    asyncio.run(serve(settings, VisionService(settings, metrics, backend), metrics, "vision"))
+    asyncio.run(serve(settings, VisionService(settings, metrics, model), metrics, "vision"))
 
 
 if __name__ == "__main__":

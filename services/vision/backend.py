@@ -1,28 +1,29 @@
-"""The vision backend interface and the explicit registry that picks one from settings.
+"""Vision models and the two backends they serve: image embedding and image classification.
 
-Every backend turns a stacked batch of preprocessed images into embeddings and, when the
-model has a classifier head, into labelled scores. Embeddings are L2-normalised for every
-backend, as the text service's are: dot products are cosine similarities, scales match the
-text side for fusion heads, and for CLIP they lie on the same sphere as CLIP text embeddings.
+A ``VisionModel`` turns a stacked batch of preprocessed images into embeddings and, when it has
+a classifier head, into labelled scores; ``ImageEmbedding`` and ``ImageClassification`` are the
+ModelBackends the service batches for, sharing one loaded model. Embeddings are L2-normalised
+for every model, as the text service's are: dot products are cosine similarities, scales match
+the text side for fusion heads, and for CLIP they lie on the same sphere as CLIP text embeddings.
 
-This module imports no torch; the implementations are imported only when chosen.
+This module imports no torch; the models are imported only when chosen.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
-from services.common.backend import BackendRegistry, ModelDescription
+from services.common.backend import ModelDescription
 from services.common.settings import VisionSettings
 from services.vision.preprocessing import Preprocessor
 
 LabelScores = list[tuple[str, float]]
 
 
-class VisionBackend(Protocol):
+class VisionModel(Protocol):
     """A loaded image model. ``embed`` and ``classify`` are one batched forward pass each."""
 
     @property
@@ -31,11 +32,7 @@ class VisionBackend(Protocol):
         ...
 
     def load(self) -> ModelDescription:
-        """Loads weights and preprocessing config (blocking); called once before SERVING."""
-        ...
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """RGB image -> float32 (3, H, W) input for this model."""
+        """Loads weights and preprocessing config (blocking, idempotent)."""
         ...
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
@@ -50,31 +47,67 @@ class VisionBackend(Protocol):
         ...
 
 
-def _efficientnet(settings: VisionSettings) -> VisionBackend:
-    from services.vision.efficientnet_lite import EfficientNetLiteBackend
+class ImageEmbedding:
+    """ModelBackend: preprocessed images (3, H, W) -> embedding rows."""
 
-    return EfficientNetLiteBackend(device=settings.device, dtype=settings.dtype)
+    def __init__(self, model: VisionModel) -> None:
+        self.model = model
+
+    def load(self) -> ModelDescription:
+        return self.model.load()
+
+    def item_cost(self, pixels: np.ndarray) -> int:
+        return 1
+
+    def process(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        return self.model.embed(np.stack(items))
 
 
-def _transformers(settings: VisionSettings) -> VisionBackend:
-    from services.vision.transformers_backend import TransformersVisionBackend
+class ImageClassification:
+    """ModelBackend: (preprocessed image, top_k) -> that image's top_k labels with scores."""
 
-    return TransformersVisionBackend(
+    def __init__(self, model: VisionModel) -> None:
+        self.model = model
+
+    def load(self) -> ModelDescription:
+        return self.model.load()
+
+    def item_cost(self, item: tuple[np.ndarray, int]) -> int:
+        return 1
+
+    def process(self, items: Sequence[tuple[np.ndarray, int]]) -> list[LabelScores]:
+        top_k = max(k for _, k in items)
+        ranked = self.model.classify(np.stack([pixels for pixels, _ in items]), top_k)
+        return [labels[:k] for labels, (_, k) in zip(ranked, items, strict=True)]
+
+
+def _efficientnet(settings: VisionSettings) -> VisionModel:
+    from services.vision.efficientnet_lite import EfficientNetLiteModel
+
+    return EfficientNetLiteModel(device=settings.device, dtype=settings.dtype)
+
+
+def _transformers(settings: VisionSettings) -> VisionModel:
+    from services.vision.transformers_backend import TransformersVisionModel
+
+    return TransformersVisionModel(
         settings.model, revision=settings.revision, device=settings.device, dtype=settings.dtype
     )
 
 
 DEFAULT_MODEL = "efficientnet-lite0"
 
-BACKENDS: BackendRegistry = BackendRegistry(
-    factories={"efficientnet-lite": _efficientnet, "transformers": _transformers}
-)
+# Explicit name -> factory: a service picks its model by settings, never by magic.
+MODEL_FACTORIES: dict[str, Callable[[VisionSettings], VisionModel]] = {
+    "efficientnet-lite": _efficientnet,
+    "transformers": _transformers,
+}
 
 
-def backend_name(settings: VisionSettings) -> str:
+def model_family(settings: VisionSettings) -> str:
     """The packaged EfficientNet-Lite0 when no model is named; any other model goes through transformers."""
     return "efficientnet-lite" if settings.model in ("", DEFAULT_MODEL) else "transformers"
 
 
-def create_backend(settings: VisionSettings) -> VisionBackend:
-    return BACKENDS.create(backend_name(settings), settings)
+def create_model(settings: VisionSettings) -> VisionModel:
+    return MODEL_FACTORIES[model_family(settings)](settings)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.common.backend import ModelDescription
+from services.common.backend import ModelDescription, loads_once
 from services.common.device import dtype_name, resolve_device
 from services.common.errors import NotReady
 from services.common.model_source import model_revision
@@ -60,7 +60,7 @@ def imagenet_labels() -> list[str]:
     return labels
 
 
-class EfficientNetLiteBackend:
+class EfficientNetLiteModel:
     """EfficientNet-Lite0: 1280-d embeddings and ImageNet-1k classification."""
 
     transform = TRANSFORM
@@ -70,6 +70,7 @@ class EfficientNetLiteBackend:
         self._model = None
         self._labels: list[str] = []
 
+    @loads_once
     def load(self) -> ModelDescription:
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -92,9 +93,6 @@ class EfficientNetLiteBackend:
             dtype=dtype_name(self._dtype),
             labels=tuple(self._labels),
         )
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return self.transform(image)
 
     def _features(self, batch: np.ndarray) -> torch.Tensor:
         """Pooled 1280-d features, computed as the model's own forward computes them."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
+from services.common.errors import InvalidInput
 from services.vision.decoding import ImageLimits, decode_image
 
 _LOGGER = logging.getLogger(__name__)
@@ -180,8 +182,29 @@ class ProcessorTransform:
 
 
 def prepare_image(data: bytes, limits: ImageLimits, transform: Preprocessor) -> np.ndarray:
-    """Encoded bytes -> model input; raises only InvalidInput for bad bytes."""
+    """Encoded bytes -> model input; raises only InvalidInput for bad bytes.
+
+    JPEGs decode at a reduced scale when the transform allows it (draft scaling).
+    """
     return transform(decode_image(data, limits, draft_side_px=transform.draft_side_px))
+
+
+def prepare_batch(images: Sequence[bytes], limits: ImageLimits, transform: Preprocessor) -> np.ndarray:
+    """Encoded images -> one (N, 3, H, W) float32 batch: the one path from bytes to model input.
+
+    The vision service, training and the benchmarks all prepare images here, so a head trained
+    on embeddings computed in-process sees exactly what serving feeds it. A bad image raises
+    InvalidInput naming its index.
+    """
+    rows = []
+    for index, data in enumerate(images):
+        try:
+            rows.append(prepare_image(data, limits, transform))
+        except InvalidInput as exc:
+            raise InvalidInput(f"images[{index}]: {exc}") from None
+    if not rows:
+        return np.zeros((0, 3, *transform.output_hw), dtype=np.float32)
+    return np.stack(rows)
 
 
 def transform_for_processor(processor: Any) -> Preprocessor:

@@ -18,17 +18,16 @@ Preprocessing uses the checkpoint's image processor config (size, crop, mean, st
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-from services.common.backend import ModelDescription
+from services.common.backend import ModelDescription, loads_once
 from services.common.device import dtype_name, resolve_device
 from services.common.errors import FailedPrecondition, NotReady
+from services.common.labels import real_labels
 from services.common.model_source import model_revision
 from services.vision.backend import LabelScores
 from services.vision.preprocessing import Preprocessor, transform_for_processor
@@ -37,19 +36,6 @@ from services.vision.torch_common import device_name, normalised_rows, to_input,
 _LOGGER = logging.getLogger(__name__)
 
 CLIP_MODEL_TYPES = frozenset({"clip", "clip_vision_model"})
-_PLACEHOLDER_LABEL = re.compile(r"LABEL_\d+")
-
-
-def real_labels(config: Any) -> list[str]:
-    """The classifier's label names in index order, or [] when there are only placeholders."""
-    id2label = getattr(config, "id2label", None) or {}
-    try:
-        labels = [str(id2label[i]) for i in range(len(id2label))]
-    except KeyError:
-        return []
-    if not labels or all(_PLACEHOLDER_LABEL.fullmatch(label) for label in labels):
-        return []
-    return labels
 
 
 def model_kind(config: Any) -> str:
@@ -62,7 +48,7 @@ def model_kind(config: Any) -> str:
     return "encoder"
 
 
-class TransformersVisionBackend:
+class TransformersVisionModel:
     """A transformers image model as a vision backend (see the module docstring)."""
 
     def __init__(self, model: str, revision: str = "", device: str = "auto", dtype: str = "auto") -> None:
@@ -88,6 +74,7 @@ class TransformersVisionBackend:
     def kind(self) -> str:
         return self._kind
 
+    @loads_once
     def load(self) -> ModelDescription:
         kwargs = {"revision": self._revision} if self._revision else {}
         config = AutoConfig.from_pretrained(self._source, **kwargs)
@@ -138,9 +125,6 @@ class TransformersVisionBackend:
         if self._kind == "classifier":
             return AutoModelForImageClassification.from_pretrained(self._source, **common)
         return AutoModel.from_pretrained(self._source, **common)
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return self.transform(image)
 
     def _pooled(self, batch: np.ndarray) -> torch.Tensor:
         if self._model is None:

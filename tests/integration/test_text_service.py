@@ -44,7 +44,7 @@ def embed(stub, texts: list[str]) -> text_pb2.EmbedTextResponse:
 
 def test_served_embeddings_equal_the_in_process_model(stub, in_process: TextEmbedder) -> None:
     served = from_matrix(embed(stub, SENTENCES).embeddings)
-    local = in_process.embed(SENTENCES).vectors
+    local = in_process.process(SENTENCES).vectors
     assert served.shape == (len(SENTENCES), 384)
     cosines = np.sum(served * local, axis=1) / (
         np.linalg.norm(served, axis=1) * np.linalg.norm(local, axis=1)

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.fusion import demo_data
-from services.fusion.dataset import EmbeddedSet, embed_examples, read_jsonl, split_indices
-from services.fusion.embedders import InProcessEmbedder
-from services.fusion.embedding_cache import CachedEmbedder
-from services.fusion.evaluate import REPORT_FILE, evaluate_head, format_report, subset
 from services.fusion.heads import check_compatible, load_head
-from services.fusion.train import TrainConfig, train_classifier
+from training import demo_data
+from training.data import EmbeddedSet, embed_examples, read_jsonl, split_indices
+from training.embedders import InProcessEmbedder
+from training.embedding_cache import CachedEmbedder
+from training.heads.evaluate import evaluate_head, subset
+from training.heads.train import TrainConfig, train_classifier
+from training.reports import REPORT_FILE, format_report
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def workdir(demo_workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def heads(demo_heads: Path) -> Path:
-    """The heads `python -m services.fusion.train --data <demo dir>` trained (tests/conftest.py)."""
+    """The heads `python -m training.heads demo --data <demo dir>` trained (tests/conftest.py)."""
     return demo_heads
 
 
@@ -129,7 +130,7 @@ def test_evaluate_cli_rescores_the_held_out_split(heads: Path, workdir: Path) ->
     report_path = heads / "match" / REPORT_FILE
     report_path.unlink()
     out = _run(
-        ["services.fusion.evaluate", "--head", str(heads / "match"), "--cache-dir", str(workdir / "cache")]
+        ["training.heads", "evaluate", "--head", str(heads / "match"), "--cache-dir", str(workdir / "cache")]
     )
     print(out)
     report = json.loads(report_path.read_text())

@@ -10,8 +10,8 @@ import pytest
 
 from scripts.stack import free_port
 from services.common.errors import InvalidInput, NotReady
-from services.fusion import demo_data
-from services.fusion.embedders import GrpcEmbedder, InProcessEmbedder
+from training import demo_data
+from training.embedders import GrpcEmbedder, InProcessEmbedder
 
 pytestmark = pytest.mark.slow
 

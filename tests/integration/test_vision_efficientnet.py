@@ -7,26 +7,26 @@ import pytest
 import torch
 from PIL import Image
 
-from services.vision.efficientnet_lite import EfficientNetLiteBackend, imagenet_labels
+from services.vision.efficientnet_lite import EfficientNetLiteModel, imagenet_labels
 
 
 @pytest.fixture(scope="module")
-def backend() -> EfficientNetLiteBackend:
-    loaded = EfficientNetLiteBackend(device="cpu", dtype="float32")
+def backend() -> EfficientNetLiteModel:
+    loaded = EfficientNetLiteModel(device="cpu", dtype="float32")
     loaded.description = loaded.load()
     return loaded
 
 
 @pytest.fixture(scope="module")
-def batch(backend: EfficientNetLiteBackend) -> np.ndarray:
+def batch(backend: EfficientNetLiteModel) -> np.ndarray:
     rng = np.random.default_rng(11)
     pictures = [
         Image.fromarray(rng.integers(0, 256, (180 + 20 * i, 240, 3), dtype=np.uint8)) for i in range(3)
     ]
-    return np.stack([backend.preprocess(picture) for picture in pictures])
+    return np.stack([backend.transform(picture) for picture in pictures])
 
 
-def test_description(backend: EfficientNetLiteBackend) -> None:
+def test_description(backend: EfficientNetLiteModel) -> None:
     description = backend.description
     assert description.model_id == "efficientnet-lite0" and description.embedding_dim == 1280
     assert (description.device, description.dtype) == ("cpu", "float32")

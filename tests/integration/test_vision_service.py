@@ -18,7 +18,7 @@ from mmserve.v1 import common_pb2, vision_pb2, vision_pb2_grpc
 from scripts.stack import ServiceProcess, health_status, start_service
 from services.common.matrix import from_matrix
 from services.vision.decoding import ImageLimits
-from services.vision.efficientnet_lite import EfficientNetLiteBackend, imagenet_labels
+from services.vision.efficientnet_lite import EfficientNetLiteModel, imagenet_labels
 from services.vision.preprocessing import prepare_image
 from tests.support.metrics import sample_value, scrape
 
@@ -69,8 +69,8 @@ def stub(vision_service: ServiceProcess):
 
 
 @pytest.fixture(scope="module")
-def in_process() -> EfficientNetLiteBackend:
-    backend = EfficientNetLiteBackend(device="cpu", dtype="float32")
+def in_process() -> EfficientNetLiteModel:
+    backend = EfficientNetLiteModel(device="cpu", dtype="float32")
     backend.load()
     return backend
 
@@ -83,7 +83,7 @@ def classify(stub, images: list[bytes], top_k: int = 0) -> vision_pb2.ClassifyIm
     return stub.Classify(vision_pb2.ClassifyImageRequest(images=images, top_k=top_k), timeout=30)
 
 
-def test_served_embeddings_equal_the_in_process_model(stub, in_process: EfficientNetLiteBackend) -> None:
+def test_served_embeddings_equal_the_in_process_model(stub, in_process: EfficientNetLiteModel) -> None:
     served = embed(stub, IMAGES)
     local = in_process.embed(
         np.stack([prepare_image(data, ImageLimits(), in_process.transform) for data in IMAGES])
@@ -99,13 +99,31 @@ def test_served_embeddings_equal_the_in_process_model(stub, in_process: Efficien
     assert similarity[~np.eye(len(IMAGES), dtype=bool)].max() < 0.99
 
 
+def test_a_jpeg_embedded_for_training_equals_the_served_embedding(stub) -> None:
+    """Training embeds in-process on the service's own image path (serving limits, JPEG draft
+    scaling): a head sees at training time exactly the vectors it is served."""
+    from training.embedders import InProcessEmbedder
+
+    rng = np.random.default_rng(11)
+    photo = rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)  # large enough to decode at 1/2 scale
+    jpeg = encode(Image.fromarray(photo), "JPEG", quality=85)
+    served = embed(stub, [jpeg])
+    trained_on = InProcessEmbedder().embed_images([jpeg])
+    np.testing.assert_allclose(trained_on, served, atol=1e-5)
+    full_size = Image.open(io.BytesIO(jpeg)).convert("RGB")  # what training decoded before
+    in_process = EfficientNetLiteModel(device="cpu", dtype="float32")
+    in_process.load()
+    skewed = in_process.embed(in_process.transform(full_size)[None])
+    assert not np.allclose(skewed, served, atol=1e-5), "draft scaling should change the vector"
+
+
 def test_a_batch_equals_single_calls(stub) -> None:
     batch = embed(stub, IMAGES)
     singles = np.vstack([embed(stub, [image]) for image in IMAGES])
     np.testing.assert_allclose(batch, singles, atol=1e-4)
 
 
-def test_classify_returns_human_readable_imagenet_labels(stub, in_process: EfficientNetLiteBackend) -> None:
+def test_classify_returns_human_readable_imagenet_labels(stub, in_process: EfficientNetLiteModel) -> None:
     names = set(imagenet_labels())
     reply = classify(stub, IMAGES[:3])
     assert reply.model_id == "efficientnet-lite0" and len(reply.results) == 3

@@ -28,7 +28,7 @@ from mmserve.v1 import common_pb2, vision_pb2, vision_pb2_grpc
 from scripts.stack import ServiceProcess, start_service
 from services.common.matrix import from_matrix
 from services.common.settings import VisionSettings
-from services.vision.backend import create_backend
+from services.vision.backend import create_model
 from services.vision.decoding import ImageLimits
 from services.vision.preprocessing import prepare_image
 from tests.support.metrics import sample_value, scrape
@@ -113,7 +113,7 @@ def test_classifier_serves_its_own_labels(classifier, model_dirs) -> None:
 def test_served_embeddings_equal_the_in_process_model(classifier, model_dirs) -> None:
     _, stub = classifier
     served = from_matrix(stub.Embed(vision_pb2.EmbedImageRequest(images=IMAGES), timeout=30).embeddings)
-    backend = create_backend(VisionSettings(model=str(model_dirs["classifier"])))
+    backend = create_model(VisionSettings(model=str(model_dirs["classifier"])))
     backend.load()
     local = backend.embed(
         np.stack([prepare_image(data, ImageLimits(), backend.transform) for data in IMAGES])

@@ -14,10 +14,10 @@ FAIL_MARKER = "mmserve-inject-forward-failure"
 
 
 class FaultyTextEmbedder(TextEmbedder):
-    def embed(self, texts: Sequence[str]) -> EmbeddingBatch:
+    def process(self, texts: Sequence[str]) -> EmbeddingBatch:
         if any(FAIL_MARKER in text for text in texts):
             raise RuntimeError("injected forward-pass failure")
-        return super().embed(texts)
+        return super().process(texts)
 
 
 if __name__ == "__main__":

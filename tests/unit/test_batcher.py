@@ -59,21 +59,32 @@ async def test_lone_request_does_not_wait_for_max_wait_when_greedy() -> None:
     assert elapsed < 0.5
 
 
-async def test_max_batch_size_and_cost_budget_split_batches() -> None:
+async def test_max_batch_size_and_padded_cost_budget_split_batches() -> None:
     model = GatedModel()
-    batcher = make_batcher(model, max_batch_size=4, cost=lambda x: x, max_batch_cost=10)
+    # Items are their own token counts; the budget is padded tokens: max(len) x items <= 20.
+    batcher = make_batcher(model, max_batch_size=8, cost=lambda x: x, max_batch_cost=20)
     batcher.start()
     model.release.clear()
     blocker = asyncio.create_task(batcher.submit([0]))
     await asyncio.sleep(0.05)
-    tasks = [asyncio.create_task(batcher.submit([v])) for v in (1, 1, 1, 1, 1, 9, 9)]
+    # Summed, 2+2+2+2+10 = 18 would fit in one pass; padded to the longest it is 10 x 5 = 50.
+    tasks = [asyncio.create_task(batcher.submit([v])) for v in (2, 2, 2, 2, 10, 2, 2)]
     await asyncio.sleep(0.05)
     model.release.set()
     await asyncio.gather(blocker, *tasks)
     await batcher.stop()
+    assert model.batches[1:] == [[2, 2, 2, 2], [10, 2], [2]]
     for batch in model.batches:
-        assert len(batch) <= 4
-        assert sum(batch) <= 10 or len(batch) == 1
+        assert len(batch) <= 8
+        assert max(batch) * len(batch) <= 20 or len(batch) == 1
+
+
+async def test_one_over_budget_item_still_runs_alone() -> None:
+    model = GatedModel()
+    batcher = make_batcher(model, cost=lambda x: x, max_batch_cost=5)
+    batcher.start()
+    assert list(await batcher.submit([9])) == [18]  # never starved: a batch holds at least one request
+    await batcher.stop()
 
 
 async def test_failing_batch_fails_only_its_requests_and_loop_continues() -> None:

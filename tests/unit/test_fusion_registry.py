@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from services.common.backend import EncoderInfo
 from services.common.errors import FailedPrecondition, NotFound
-from services.fusion.clients import EncoderInfo
 from services.fusion.heads import MANIFEST_FILE, WEIGHTS_FILE, IncompatibleHead, save_head
 from services.fusion.registry import HeadRegistry, check_head
 from services.fusion.strategies import build_model

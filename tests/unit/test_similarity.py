@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from services.fusion.clients import EncoderInfo
+from services.common.backend import EncoderInfo
 from services.fusion.similarity import cosine_matrix, native_space_reason, same_checkpoint, zero_shot
 
 CLIP_TEXT = EncoderInfo("/models/clip-vit-b32", "sha256:0123456789ab", 512)

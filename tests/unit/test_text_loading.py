@@ -36,7 +36,7 @@ def test_local_bert_loads_and_pools(tiny_bert: Path, pooling: str) -> None:
     assert description.embedding_dim == 32
     assert description.model_id == str(tiny_bert)
     assert description.max_input_tokens == 16
-    batch = embedder.embed(["the cat sat", "a dog ran far away"])
+    batch = embedder.process(["the cat sat", "a dog ran far away"])
     assert batch.vectors.shape == (2, 32)
     np.testing.assert_allclose(np.linalg.norm(batch.vectors, axis=1), 1.0, atol=1e-5)
 
@@ -52,7 +52,7 @@ def test_local_bert_loads_and_pools(tiny_bert: Path, pooling: str) -> None:
 def test_inputs_over_the_model_limit_are_truncated_and_flagged(tiny_bert: Path) -> None:
     embedder = TextEmbedder(str(tiny_bert))
     embedder.load()
-    batch = embedder.embed(["the cat", " ".join(WORDS * 3)])
+    batch = embedder.process(["the cat", " ".join(WORDS * 3)])
     assert batch.truncated.tolist() == [False, True]
     assert batch.token_counts.tolist() == [4, 16]
 
@@ -85,7 +85,7 @@ def test_full_clip_checkpoint_serves_its_projected_text_tower(tmp_path: Path) ->
 
     embedder = TextEmbedder(str(tmp_path))
     assert embedder.load().embedding_dim == 24
-    served = embedder.embed(["a photo of a cat"]).vectors[0]
+    served = embedder.process(["a photo of a cat"]).vectors[0]
     with torch.no_grad():
         expected = clip.get_text_features(**tokenizer(["a photo of a cat"], return_tensors="pt"))
     expected = getattr(expected, "pooler_output", expected)[0]

@@ -1,4 +1,5 @@
-"""Training data: the demo generator, JSONL parsing, stratified splits and the embedding cache."""
+"""Training data: the demo generator, JSONL / CSV / image-folder parsing, stratified splits and the
+embedding cache."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.fusion import demo_data
-from services.fusion.dataset import DataError, read_jsonl, split_indices
-from services.fusion.embedders import EncoderInfo
-from services.fusion.embedding_cache import CachedEmbedder
+from services.common.backend import EncoderInfo
+from training import demo_data
+from training.data import DataError, data_sha256, read_examples, read_jsonl, split_indices
+from training.embedding_cache import CachedEmbedder
 
 # --------------------------------------------------------------------------- demo data
 
@@ -228,3 +229,55 @@ def test_cache_separates_encoder_revisions_and_heals_corrupt_entries(tmp_path: P
     reread = CountingEmbedder("r1")
     CachedEmbedder(reread, tmp_path).embed_texts(["hello"])
     assert reread.texts == []
+
+
+# --------------------------------------------------------------------------- CSV and image folders
+
+
+def _solid_png(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_csv_reads_the_same_rows_as_jsonl(tmp_path: Path) -> None:
+    (tmp_path / "red.png").write_bytes(_solid_png((255, 0, 0)))
+    (tmp_path / "rows.jsonl").write_text(
+        json.dumps({"text": "a red square", "image": "red.png", "label": "red"}) + "\n"
+        + json.dumps({"text": "only words, with a comma", "image": None, "label": "none"}) + "\n"
+    )  # fmt: skip
+    (tmp_path / "rows.csv").write_text(
+        'label,text,image,extra\nred,a red square,red.png,x\nnone,"only words, with a comma",,y\n'
+    )
+    assert read_examples(tmp_path / "rows.csv") == read_examples(tmp_path / "rows.jsonl")
+
+
+def test_csv_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nfine,a\nno label here,\n")
+    with pytest.raises(DataError, match=r"bad\.csv:3: missing label"):
+        read_examples(bad)
+    headless = tmp_path / "headless.csv"
+    headless.write_text("caption,label\nx,y\n")
+    with pytest.raises(DataError, match="needs a text or image column"):
+        read_examples(headless)
+
+
+def test_image_folder_labels_come_from_class_directories(tmp_path: Path) -> None:
+    for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "data" / label / f"{i}.png").write_bytes(_solid_png(colour))
+    (tmp_path / "data" / "red" / "notes.txt").write_text("not an image")
+    examples = read_examples(tmp_path / "data")
+    assert [e.label for e in examples] == ["blue", "blue", "red", "red"]
+    assert all(
+        e.text is None and e.image == _solid_png((255, 0, 0) if e.label == "red" else (0, 0, 255))
+        for e in examples
+    )
+    before = data_sha256(tmp_path / "data")
+    (tmp_path / "data" / "blue" / "1.png").write_bytes(_solid_png((0, 0, 254)))
+    assert data_sha256(tmp_path / "data") != before
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no examples"):
+        read_examples(tmp_path / "empty")

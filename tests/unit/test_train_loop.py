@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from services.fusion.dataset import EmbeddedSet, file_sha256, split_indices
-from services.fusion.embedders import EncoderInfo
-from services.fusion.evaluate import REPORT_FILE, evaluate_head, subset
+from services.common.backend import EncoderInfo
 from services.fusion.heads import load_head
-from services.fusion.train import TrainConfig, train_alignment, train_classifier, train_head
+from training.data import EmbeddedSet, file_sha256, split_indices
+from training.heads.evaluate import evaluate_head, subset
+from training.heads.train import TrainConfig, train_alignment, train_classifier, train_head
+from training.reports import REPORT_FILE
 
 TEXT_DIM, IMAGE_DIM, CLASSES = 16, 24, 4
 FAST = TrainConfig(epochs=40, patience=8, progress=False, seed=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.fusion.evaluate import classification_report, format_classification_report, retrieval_report
+from training.reports import classification_report, format_classification_report, retrieval_report
 
 
 def test_classification_report_matches_a_hand_worked_confusion() -> None:

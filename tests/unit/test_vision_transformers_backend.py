@@ -1,7 +1,7 @@
 """The transformers vision backend on tiny random-weight models saved to temp dirs (no network).
 
 Each model is loaded through the same route the service uses (settings.model = a local
-directory -> the registry -> TransformersVisionBackend), and its outputs are checked against
+directory -> the registry -> TransformersVisionModel), and its outputs are checked against
 the transformers model run directly.
 """
 
@@ -30,9 +30,9 @@ from transformers import (
 
 from services.common.errors import FailedPrecondition
 from services.common.settings import VisionSettings
-from services.vision.backend import backend_name, create_backend
+from services.vision.backend import create_model, model_family
 from services.vision.preprocessing import ImageTransform, ProcessorTransform
-from services.vision.transformers_backend import TransformersVisionBackend
+from services.vision.transformers_backend import TransformersVisionModel
 
 SIDE = 30
 TINY_VIT = {
@@ -117,7 +117,7 @@ def loaded(model_dirs: dict[str, str]):
     def load(name: str, **overrides: str):
         key = name + repr(sorted(overrides.items()))
         if key not in cache:
-            backend = create_backend(VisionSettings(model=model_dirs[name], **overrides))
+            backend = create_model(VisionSettings(model=model_dirs[name], **overrides))
             cache[key] = (backend, backend.load())
         return cache[key]
 
@@ -130,7 +130,7 @@ def images(count: int = 3) -> list[Image.Image]:
 
 
 def batch_for(backend) -> np.ndarray:
-    return np.stack([backend.preprocess(image) for image in images()])
+    return np.stack([backend.transform(image) for image in images()])
 
 
 def normalised(t: torch.Tensor) -> np.ndarray:
@@ -139,9 +139,9 @@ def normalised(t: torch.Tensor) -> np.ndarray:
 
 def test_local_directories_go_through_the_transformers_backend(model_dirs) -> None:
     settings = VisionSettings(model=model_dirs["vit"])
-    assert backend_name(settings) == "transformers"
-    assert isinstance(create_backend(settings), TransformersVisionBackend)
-    assert backend_name(VisionSettings()) == "efficientnet-lite"
+    assert model_family(settings) == "transformers"
+    assert isinstance(create_model(settings), TransformersVisionModel)
+    assert model_family(VisionSettings()) == "efficientnet-lite"
 
 
 def test_description_of_a_local_model(loaded, model_dirs) -> None:

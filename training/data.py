@@ -1,15 +1,23 @@
-"""Training data for heads: JSONL rows -> embedded arrays, and deterministic stratified splits.
+"""Training data for heads: files -> examples -> embedded arrays, and deterministic stratified splits.
 
-Each JSONL line is an object with ``text`` (string or null), ``image`` and ``label`` (string;
-required for classification). ``image`` is one of: a path relative to the JSONL file (or
-absolute) ending in .png/.jpg/.jpeg/.webp/.gif, a ``data:image/...;base64,`` URL, raw base64,
-or null. A row may lack one modality; it then trains with that modality masked out.
+Three layouts, picked by ``read_examples`` from the path:
+
+- JSONL: each line an object with ``text`` (string or null), ``image`` and ``label`` (string;
+  required for classification). ``image`` is one of: a path relative to the JSONL file (or
+  absolute) ending in .png/.jpg/.jpeg/.webp/.gif, a ``data:image/...;base64,`` URL, raw base64,
+  or null.
+- CSV with a header row naming ``text``, ``image`` and/or ``label`` columns (same values as
+  JSONL; an empty cell is null).
+- An image folder: ``<dir>/<label>/<image file>``, one sub-directory per class (image only).
+
+A row may lack one modality; it then trains with that modality masked out.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import csv
 import hashlib
 import json
 from collections.abc import Sequence
@@ -19,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from services.fusion.embedders import Embedder
+from training.embedders import Embedder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 
@@ -80,8 +88,31 @@ def _b64(payload: str, where: str) -> bytes:
         ) from None
 
 
+def _example(row: dict, base_dir: Path, where: str, require_label: bool) -> Example:
+    """One row of any layout, checked; raises DataError naming the file and line."""
+    text, image, label = row.get("text"), row.get("image"), row.get("label")
+    if text is not None and not isinstance(text, str):
+        raise DataError(f"{where}: text must be a string or null")
+    if image is not None and not isinstance(image, str):
+        raise DataError(f"{where}: image must be a string (path, data URL or base64) or null")
+    if label is not None and not (isinstance(label, str) and label):
+        raise DataError(f"{where}: label must be a non-empty string")
+    if require_label and label is None:
+        raise DataError(f"{where}: missing label")
+    if text is None and image is None:
+        raise DataError(f"{where}: a row needs text, image or both")
+    image_bytes = _read_image(image, base_dir, where) if image is not None else None
+    return Example(text, image_bytes, label)
+
+
+def _nonempty(examples: list[Example], path: Path) -> list[Example]:
+    if not examples:
+        raise DataError(f"{path}: no examples")
+    return examples
+
+
 def read_jsonl(path: Path | str, require_label: bool = True) -> list[Example]:
-    """Parses a training file; raises DataError naming the first bad line."""
+    """Parses a JSONL training file; raises DataError naming the first bad line."""
     path = Path(path)
     examples = []
     with path.open(encoding="utf-8") as handle:
@@ -95,22 +126,57 @@ def read_jsonl(path: Path | str, require_label: bool = True) -> list[Example]:
                 raise DataError(f"{where}: not valid JSON: {exc.msg}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{where}: each line must be a JSON object")
-            text, image, label = row.get("text"), row.get("image"), row.get("label")
-            if text is not None and not isinstance(text, str):
-                raise DataError(f"{where}: text must be a string or null")
-            if image is not None and not isinstance(image, str):
-                raise DataError(f"{where}: image must be a string (path, data URL or base64) or null")
-            if label is not None and not (isinstance(label, str) and label):
-                raise DataError(f"{where}: label must be a non-empty string")
-            if require_label and label is None:
-                raise DataError(f"{where}: missing label")
-            if text is None and image is None:
-                raise DataError(f"{where}: a row needs text, image or both")
-            image_bytes = _read_image(image, path.parent, where) if image is not None else None
-            examples.append(Example(text, image_bytes, label))
-    if not examples:
-        raise DataError(f"{path}: no examples")
-    return examples
+            examples.append(_example(row, path.parent, where, require_label))
+    return _nonempty(examples, path)
+
+
+def read_csv(path: Path | str, require_label: bool = True) -> list[Example]:
+    """Parses a CSV file with a header (``text``, ``image``, ``label`` columns; others ignored)."""
+    path = Path(path)
+    examples = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or ())
+        if not columns & {"text", "image"}:
+            raise DataError(f"{path}:1: the header needs a text or image column; found {sorted(columns)}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            values = {key: (row.get(key) or None) for key in ("text", "image", "label")}
+            examples.append(_example(values, path.parent, where, require_label))
+    return _nonempty(examples, path)
+
+
+def read_image_folder(path: Path | str) -> list[Example]:
+    """``<dir>/<label>/<image>``: every image file under a class directory, in sorted order."""
+    path = Path(path)
+    examples = []
+    for class_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for image in sorted(class_dir.iterdir()):
+            if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES:
+                examples.append(Example(None, image.read_bytes(), class_dir.name))
+    return _nonempty(examples, path)
+
+
+def read_examples(path: Path | str, require_label: bool = True) -> list[Example]:
+    """Reads any supported layout: a directory of class folders, a .csv file, or JSONL."""
+    path = Path(path)
+    if path.is_dir():
+        return read_image_folder(path)
+    if path.suffix.lower() == ".csv":
+        return read_csv(path, require_label)
+    return read_jsonl(path, require_label)
+
+
+def data_sha256(path: Path | str) -> str:
+    """The sha256 of a data file, or of an image folder's relative paths and contents."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def file_sha256(path: Path | str) -> str:

@@ -1,35 +1,27 @@
-"""Text + image embeddings for training heads: one small interface, in-process or over gRPC.
+"""Text + image embeddings for training heads: one small client interface, in-process or over gRPC.
 
-``InProcessEmbedder`` loads the same backends the encoder services run (no servers needed);
-``GrpcEmbedder`` asks running encoder services, so a head is trained on exactly what serving
-will feed it. Both report which encoder models they use; heads record that and the fusion
-service refuses heads trained on other encoders.
+``InProcessEmbedder`` runs the very ModelBackends the encoder services batch for, and prepares
+images on the service's own path (``prepare_batch``: serving limits, JPEG draft scaling), so an
+in-process head sees the embeddings serving will feed it. ``GrpcEmbedder`` asks running encoder
+services. Both report which encoder models they use; heads record that and the fusion service
+refuses heads trained on other encoders.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 import numpy as np
 
 from mmserve.v1 import common_pb2, text_pb2, text_pb2_grpc, vision_pb2, vision_pb2_grpc
+from services.common.backend import EncoderInfo
 from services.common.channels import ChannelSecurity, create_channel
 from services.common.errors import InvalidInput, MmserveError, NotReady
 from services.common.matrix import from_matrix
 from services.common.settings import VisionSettings
-from services.vision.decoding import ImageLimits, decode_image
-
-
-@dataclass(frozen=True)
-class EncoderInfo:
-    """Which encoder produced a set of embeddings (what a head records and is checked against)."""
-
-    model_id: str
-    revision: str
-    embedding_dim: int
+from services.vision.decoding import ImageLimits
 
 
 class Embedder(Protocol):
@@ -70,26 +62,28 @@ class InProcessEmbedder:
     ) -> None:
         # Imported here: torch and transformers load only when this embedder is chosen.
         from services.text.embedding import TextEmbedder
-        from services.vision.backend import create_backend
+        from services.vision.backend import ImageEmbedding, create_model
 
-        self._limits = ImageLimits()
+        settings = VisionSettings(model=vision_model, device=device, dtype="float32")
+        self._limits = ImageLimits.from_settings(settings)
         self._batch_size = batch_size
         self._text = TextEmbedder(text_model, device=device, dtype="float32")
-        text = self._text.load()
-        self._vision = create_backend(VisionSettings(model=vision_model, device=device, dtype="float32"))
-        image = self._vision.load()
-        self.text_info = EncoderInfo(text.model_id, text.revision, text.embedding_dim)
-        self.image_info = EncoderInfo(image.model_id, image.revision, image.embedding_dim)
+        self._vision = create_model(settings)
+        self._image = ImageEmbedding(self._vision)
+        self.text_info = EncoderInfo.of(self._text.load())
+        self.image_info = EncoderInfo.of(self._image.load())
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        parts = [self._text.embed(list(batch)).vectors for batch in _batches(texts, self._batch_size)]
+        parts = [self._text.process(list(batch)).vectors for batch in _batches(texts, self._batch_size)]
         return _stack(parts, self.text_info.embedding_dim)
 
     def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
-        parts = []
-        for batch in _batches(images, self._batch_size):
-            pixels = np.stack([self._vision.preprocess(decode_image(data, self._limits)) for data in batch])
-            parts.append(self._vision.embed(pixels))
+        from services.vision.preprocessing import prepare_batch
+
+        parts = [
+            self._image.process(list(prepare_batch(batch, self._limits, self._vision.transform)))
+            for batch in _batches(images, self._batch_size)
+        ]
         return _stack(parts, self.image_info.embedding_dim)
 
     def close(self) -> None:
@@ -116,8 +110,8 @@ class GrpcEmbedder:
         request = common_pb2.GetModelInfoRequest()
         text = self._call("text", self._text.GetModelInfo, request)
         image = self._call("image", self._vision.GetModelInfo, request)
-        self.text_info = EncoderInfo(text.model_id, text.revision, text.embedding_dim)
-        self.image_info = EncoderInfo(image.model_id, image.revision, image.embedding_dim)
+        self.text_info = EncoderInfo.of(text)
+        self.image_info = EncoderInfo.of(image)
 
     def _call(self, modality: str, method, request):
         try:

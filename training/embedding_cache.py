@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.fusion.embedders import Embedder, EncoderInfo
+from services.common.backend import EncoderInfo
+from training.embedders import Embedder
 
 _LOGGER = logging.getLogger(__name__)
 
