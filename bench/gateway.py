@@ -84,9 +84,16 @@ class Measured:
 
 
 def run_http_load(
-    url: str, bodies: list[bytes], concurrency: int, requests: int, label: str, items_per_request: int = 1
+    url: str,
+    bodies: list[bytes],
+    concurrency: int,
+    requests: int,
+    label: str,
+    items_per_request: int = 1,
+    stop: threading.Event | None = None,
 ) -> LoadResult:
-    """Closed loop: ``concurrency`` threads, each with one keep-alive connection, one request at a time."""
+    """Closed loop: ``concurrency`` threads, each with one keep-alive connection, one request at a
+    time, until ``requests`` were sent or ``stop`` is set."""
     parts = urlsplit(url)
     counter = iter(range(requests))
     lock = threading.Lock()
@@ -102,7 +109,7 @@ def run_http_load(
         while True:
             with lock:
                 i = next(counter, None)
-            if i is None:
+            if i is None or (stop is not None and stop.is_set()):
                 break
             began = time.perf_counter()
             try:

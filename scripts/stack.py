@@ -58,14 +58,15 @@ class ServiceProcess:
     module: str = ""  # overrides the kind's module (tests run fault-injecting variants)
     credentials: grpc.ChannelCredentials | None = field(default=None, repr=False)  # TLS to the service
     process: subprocess.Popen | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"  # where it listens (tests put replicas on 127.0.0.2, 127.0.0.3, ...)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def spawn(self) -> ServiceProcess:
         log = self.log_path.open("ab")
@@ -160,19 +161,21 @@ def start_service(
     timeout_s: float = 180.0,
     module: str = "",
     credentials: grpc.ChannelCredentials | None = None,
+    host: str = "",
 ) -> ServiceProcess:
     """Starts one service on free ports (unless given) and, by default, waits until it serves."""
     port = port or free_port()
     metrics_port = None if kind == "gateway" else free_port()
-    full_args = ["--port", str(port)]
+    full_args = ["--port", str(port)] + (["--host", host] if host else [])
     if metrics_port is not None:
         full_args += ["--metrics-port", str(metrics_port)]
     full_args += list(args)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="mmserve-logs-"))
     service = ServiceProcess(
-        kind, port, metrics_port, full_args, full_env, log_dir / f"{kind}-{port}.log", module, credentials
-    ).spawn()
+        kind, port, metrics_port, full_args, full_env, log_dir / f"{kind}-{host or 'local'}-{port}.log", module,
+        credentials, host=host or "127.0.0.1",
+    ).spawn()  # fmt: skip
     if wait:
         try:
             service.wait_ready(timeout_s)

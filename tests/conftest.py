@@ -7,13 +7,18 @@ Tests that kill or reconfigure a service start their own instance with
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
-import grpc
-import pytest
+# Set before grpc initialises: the tests fork service processes while their own gRPC channels
+# are open, and gRPC's fork handlers can abort a child between fork and exec.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from scripts.stack import ServiceProcess, start_service
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import grpc  # noqa: E402
+import pytest  # noqa: E402
+
+from scripts.stack import ServiceProcess, start_service  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 
+DNS_MIN_RERESOLUTION_MS = 5_000
+
 
 def _service_config(retry_backoff_ms: float) -> str:
     backoff_s = max(retry_backoff_ms, 1.0) / 1000.0
@@ -70,6 +72,9 @@ def channel_options(retry_backoff_ms: float = 50.0) -> list[tuple[str, object]]:
         # Reconnect fast after a backend restarts instead of backing off for up to 2 minutes.
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1_000),
+        # Re-resolve DNS at most this often (gRPC's default is 30 s): a replica an autoscaler adds
+        # joins a client's rotation within the servers' max_connection_age plus this.
+        ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_RERESOLUTION_MS),
     ]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from services.common.cpu_budget import available_cpus
+
 if TYPE_CHECKING:
     import torch
 
@@ -33,9 +35,11 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def configure_threads(torch_threads: int) -> None:
-    """Caps torch's intra-op threads; 0 keeps torch's default (one per core)."""
-    if torch_threads > 0:
-        import torch
+def configure_threads(torch_threads: int) -> int:
+    """Sets torch's intra-op threads: ``torch_threads``, or with 0 the CPUs this process may
+    really use (its cgroup quota and affinity, not the node's core count). Returns the count."""
+    import torch
 
-        torch.set_num_threads(torch_threads)
+    threads = torch_threads if torch_threads > 0 else available_cpus()
+    torch.set_num_threads(threads)
+    return threads

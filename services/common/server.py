@@ -132,18 +132,31 @@ class RunningServer:
     health: health.aio.HealthServicer
 
 
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+        # Accept the clients' keepalive pings (they detect dead peers fast).
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if settings.max_connection_age_s > 0:
+        # gRPC re-resolves DNS only when a connection ends, and nothing else ever ends one: without
+        # an age, clients never see the replicas an autoscaler adds. GOAWAY lets calls in flight
+        # finish (within the grace) while the client reconnects, re-resolving; gRPC adds +-10%
+        # jitter so a fleet's connections do not all cycle at once.
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
 def create_server(settings: ServerSettings, service: Service, metrics: ServiceMetrics) -> RunningServer:
     """Builds the server with the service, health and reflection, bound to settings.host:port."""
     server = grpc.aio.server(
-        interceptors=[_ErrorsAndMetricsInterceptor(metrics)],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-            # Accept the clients' keepalive pings (they detect dead peers fast).
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ],
+        interceptors=[_ErrorsAndMetricsInterceptor(metrics)], options=server_options(settings)
     )
     service.add_to_server(server)
     health_servicer = health.aio.HealthServicer()

@@ -37,6 +37,14 @@ class ServerSettings:
     tls_cert_file: str = option("", "PEM server certificate; enables TLS with tls_key_file.")
     tls_key_file: str = option("", "PEM private key of tls_cert_file.")
     tls_client_ca_file: str = option("", "PEM CA bundle; when set, clients must present a cert (mTLS).")
+    max_connection_age_s: float = option(
+        30.0,
+        "Close each client connection gracefully (GOAWAY) after about this long, so clients re-resolve "
+        "DNS and new replicas join their rotation; 0 keeps connections forever.",
+    )
+    max_connection_age_grace_s: float = option(
+        15.0, "How long calls in flight on a connection being closed for age may still finish."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +55,9 @@ class EncoderSettings(ServerSettings):
     revision: str = option("", "Hub revision (branch, tag or commit) when model is a hub id.")
     device: str = option("auto", "auto, cpu, cuda or cuda:N; auto picks CUDA when available.")
     dtype: str = option("auto", "auto, float32, float16 or bfloat16; auto is float16 on CUDA.")
-    torch_threads: int = option(0, "Intra-op CPU threads for torch (0 keeps torch's default).")
+    torch_threads: int = option(
+        0, "Intra-op CPU threads for torch; 0: the CPUs this process may use (cgroup quota, affinity)."
+    )
     max_batch_size: int = option(32, "Most items in one forward pass.")
     max_wait_ms: float = option(0.0, "Extra wait for a fuller batch when the model is idle.")
     max_queue_size: int = option(1024, "Most items waiting; more are refused with RESOURCE_EXHAUSTED.")

@@ -1,0 +1,41 @@
+"""The CPU budget comes from the cgroup quota and the affinity mask, not the node's core count."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from services.common.cpu_budget import available_cpus, cgroup_cpu_quota
+
+
+def test_cgroup_v2_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+
+
+def test_cgroup_v1_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 3.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+
+
+def test_available_cpus_is_the_smaller_of_quota_and_affinity(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path) == cores  # no cgroup files: the affinity mask
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU still gets one thread
+    assert available_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text(f"{(cores + 8) * 100000} 100000\n")
+    assert available_cpus(tmp_path) == cores
+
+
+@pytest.mark.parametrize("content", ["garbage", "100000"])
+def test_unreadable_quota_falls_back_to_the_affinity_mask(tmp_path: Path, content: str) -> None:
+    (tmp_path / "cpu.max").write_text(content)
+    assert available_cpus(tmp_path) == len(os.sched_getaffinity(0))
