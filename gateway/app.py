@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from gateway.api import service
 from gateway.api.v1 import BLUEPRINTS
+from gateway.body_limit import BODY_ERROR, BodyLimit
 from gateway.encoding import json_response
 from gateway.endpoints import GatewayState, install_state, operations
 from gateway.errors import ApiError, from_http_exception
@@ -62,6 +63,9 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
             request_deadline.set(time.monotonic() + settings.deadline_s),
         )
         metrics.in_flight.inc()
+        body_error = request.environ.get(BODY_ERROR)
+        if body_error is not None:  # too large or unreadable, found before the app saw the request
+            raise body_error
         if api_keys and request.path.startswith(_PROTECTED_PREFIX) and not _authorized(api_keys):
             raise ApiError(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -118,6 +122,8 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     app.extensions[service.OPENAPI_KEY] = json.dumps(openapi_document(operations(app), settings))
+    # Oversized bodies get their 413 read by the client, chunked ones too (see gateway.body_limit).
+    app.wsgi_app = BodyLimit(app.wsgi_app, settings.max_body_bytes, settings.deadline_s)
     return app
 
 

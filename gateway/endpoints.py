@@ -64,6 +64,8 @@ class Operation:
     response_type: str = "application/json"
     tag: str = ""
     description: str = ""
+    # Responses in a shape of their own (HTTP status -> (description, schema)), instead of the Error shape.
+    responses: Mapping[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def endpoint(
@@ -77,6 +79,7 @@ def endpoint(
     uploads: Mapping[str, str] | None = None,
     response_type: str = "application/json",
     description: str = "",
+    responses: Mapping[str, tuple[str, dict[str, Any]]] | None = None,
 ) -> Callable:
     """Registers a view on an app or blueprint; views with a ``body`` schema get it parsed."""
     prefix = getattr(scaffold, "url_prefix", None) or ""
@@ -84,7 +87,7 @@ def endpoint(
     def register(view: Callable) -> Callable:
         operation = Operation(
             method, prefix + rule, view.__name__, summary, response, body, dict(uploads or {}), response_type,
-            scaffold.name, description,
+            scaffold.name, description, dict(responses or {}),
         )  # fmt: skip
         if body is None:
             handler = view

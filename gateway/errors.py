@@ -75,14 +75,18 @@ def invalid(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def too_large(max_body_bytes: int) -> ApiError:
+    return ApiError(413, f"the request body is larger than {max_body_bytes} bytes")
+
+
 def from_http_exception(error: HTTPException, max_body_bytes: int) -> ApiError:
     """Flask's own errors (no route, wrong method, body too large, bad multipart) in our shape."""
     code = error.code or 500
     message = error.description or ""
     headers = {}
     if code == 413:
-        message = f"the request body is larger than {max_body_bytes} bytes"
-    elif code == 405:
+        return too_large(max_body_bytes)
+    if code == 405:
         allowed = getattr(error, "valid_methods", None) or []
         headers["Allow"] = ", ".join(sorted(allowed))
         message = f"method not allowed; this route accepts {', '.join(sorted(allowed)) or 'no methods'}"

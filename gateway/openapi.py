@@ -84,10 +84,10 @@ def _operation(operation: Operation, settings: GatewaySettings, keyed: bool) -> 
         errors.update(_BACKEND_ERRORS)
         if keyed:
             errors.update(_AUTH_ERROR)
-    if operation.rule == "/readyz":
-        errors["503"] = "A backend is not SERVING; the message names which"
     for code in sorted(errors):
         responses[code] = _error(errors[code])
+    for code, (description, schema) in operation.responses.items():
+        responses[code] = {"description": description, "content": {"application/json": {"schema": schema}}}
     responses["default"] = _error("Any other error, in the same shape")
     entry: dict[str, Any] = {
         "operationId": operation.operation_id,

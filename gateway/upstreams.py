@@ -29,6 +29,7 @@ STUBS = {
     "vision": vision_pb2_grpc.VisionEncoderServiceStub,
     "fusion": fusion_pb2_grpc.FusionServiceStub,
 }
+BACKENDS = tuple(STUBS)  # the backends /readyz reports on, in this order
 # time.monotonic() by which the current request's upstream calls must be answered.
 request_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("request_deadline", default=0.0)
 
@@ -117,20 +118,23 @@ class Upstreams:
         future.add_done_callback(observe)
         return Pending(future, service)
 
-    def not_serving(self) -> list[str]:
-        """Backends whose grpc.health.v1 check is not SERVING right now (checked in parallel)."""
+    def states(self) -> dict[str, str]:
+        """Each backend's grpc.health.v1 state right now, checked in parallel: the reply's status
+        (``SERVING``, ``NOT_SERVING``, ``SERVICE_UNKNOWN``), or the gRPC code of a check that
+        failed (``UNAVAILABLE`` for a backend that is down, ``DEADLINE_EXCEEDED`` for one that
+        did not answer within READY_TIMEOUT_S)."""
         futures = {
             name: backend.health.Check.future(health_pb2.HealthCheckRequest(), timeout=READY_TIMEOUT_S)
             for name, backend in self._backends.items()
         }
-        down = []
+        states = {}
         for name, future in futures.items():
             try:
-                if future.result().status != health_pb2.HealthCheckResponse.SERVING:
-                    down.append(name)
-            except grpc.RpcError:
-                down.append(name)
-        return down
+                states[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(future.result().status)
+            except grpc.RpcError as error:
+                code = error.code() if hasattr(error, "code") else None
+                states[name] = code.name if code is not None else "UNKNOWN"
+        return states
 
     def close(self) -> None:
         for backend in self._backends.values():

@@ -4,13 +4,12 @@ swagger-ui-bundle package, never a CDN, so /docs works offline and in locked-dow
 
 from __future__ import annotations
 
-import grpc
 from flask import Blueprint, Response, abort, current_app, send_from_directory
 
 from gateway.api.shapes import STR, obj
 from gateway.encoding import json_response
 from gateway.endpoints import endpoint, state
-from gateway.errors import ApiError
+from gateway.upstreams import BACKENDS, READY_TIMEOUT_S
 
 blueprint = Blueprint("service", __name__)
 
@@ -39,16 +38,43 @@ def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
+_BACKEND_STATE = {
+    "type": "string",
+    "description": "the backend's grpc.health.v1 status (SERVING, NOT_SERVING, SERVICE_UNKNOWN), or the "
+    "gRPC code of a health check that failed (UNAVAILABLE: down or unreachable; DEADLINE_EXCEEDED: "
+    f"no answer within {READY_TIMEOUT_S} s)",
+}
+READINESS = obj(
+    {
+        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+        "backends": obj(
+            {name: _BACKEND_STATE for name in BACKENDS},
+            list(BACKENDS),
+            description="each backend's state; routes whose backend is not SERVING answer 503",
+        ),
+    },
+    ["status", "backends"],
+    example={
+        "status": "ready",
+        "backends": {"text": "SERVING", "vision": "UNAVAILABLE", "fusion": "SERVING"},
+    },
+)
+
+
 @endpoint(
     blueprint, "GET", "/readyz",
-    summary="Readiness: every backend reports SERVING over grpc.health.v1",
-    response=obj({"status": STR}, ["status"]),
+    summary="Readiness: this gateway can serve something (at least one backend is SERVING)",
+    description="200 while at least one backend reports SERVING over grpc.health.v1, so losing one "
+    "modality never takes the gateway out of its load balancer; the body lists every backend's state. "
+    "503, with the same body, when none is serving.",
+    response=READINESS,
+    responses={"503": ("No backend is SERVING; the body lists each one's state", READINESS)},
 )  # fmt: skip
 def readyz() -> Response:
-    down = state().upstreams.not_serving()
-    if down:
-        raise ApiError(grpc.StatusCode.UNAVAILABLE, f"not ready: {', '.join(down)} not serving")
-    return json_response({"status": "ready"})
+    backends = state().upstreams.states()
+    if any(status == "SERVING" for status in backends.values()):
+        return json_response({"status": "ready", "backends": backends})
+    return json_response({"status": "not_ready", "backends": backends}, 503, {"Retry-After": "1"})
 
 
 @endpoint(

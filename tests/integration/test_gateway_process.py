@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.stack import start_service
@@ -76,3 +79,75 @@ def test_logs_are_json_lines_with_request_ids_and_never_bodies(tmp_path: Path) -
     assert logged["duration_ms"] >= 0
     assert any(line.get("status") == 400 for line in lines)
     assert secret not in gateway.log_path.read_text()
+
+
+MIB = 1024 * 1024
+TOO_LARGE = {
+    "error": {
+        "code": 413,
+        "status": "PAYLOAD_TOO_LARGE",
+        "message": f"the request body is larger than {32 * MIB} bytes",  # the default cap
+    }
+}
+
+
+def json_text_body(size: int) -> Iterator[bytes]:
+    """An OpenAI embeddings request of about ``size`` bytes, produced 1 MiB at a time (never held whole)."""
+    yield b'{"model": "m", "input": "'
+    for _ in range(size // MIB):
+        yield b"a" * MIB
+    yield b'"}'
+
+
+def json_text_length(size: int) -> int:
+    return sum(len(piece) for piece in (b'{"model": "m", "input": "', b'"}')) + size // MIB * MIB
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_50_mb_body_gets_its_413_and_the_connection_stays_usable(tmp_path: Path, chunked: bool) -> None:
+    gateway = start_service("gateway", args=DEAD_BACKENDS, log_dir=tmp_path)
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+        headers = {"Content-Type": "application/json"}
+        if not chunked:
+            headers["Content-Length"] = str(json_text_length(50 * MIB))
+        began = time.monotonic()
+        connection.request(
+            "POST", "/v1/embeddings", json_text_body(50 * MIB), headers, encode_chunked=chunked
+        )
+        response = connection.getresponse()
+        seconds = time.monotonic() - began
+        assert (response.status, json.loads(response.read())) == (413, TOO_LARGE)
+        print(f"50 MB body ({'chunked' if chunked else 'Content-Length'}): 413 read after {seconds:.2f} s")
+        # The body was read to its end, so the connection is still in step for the next request.
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        assert gateway.stop() == 0, gateway.log_tail()
+
+
+def test_a_body_far_beyond_the_bound_ends_with_a_closed_connection_not_a_hang(tmp_path: Path) -> None:
+    """Over 4x the cap the gateway stops reading: it answers and closes (the client may see a reset)."""
+    gateway = start_service("gateway", args=DEAD_BACKENDS, log_dir=tmp_path)
+    try:
+        for chunked in (False, True):
+            connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+            headers = {"Content-Type": "application/json"}
+            if not chunked:
+                headers["Content-Length"] = str(json_text_length(1024 * MIB))
+            began = time.monotonic()
+            try:
+                connection.request(
+                    "POST", "/v1/embeddings", json_text_body(1024 * MIB), headers, encode_chunked=chunked
+                )
+                status = connection.getresponse().status
+            except OSError:  # reset or broken pipe while still sending
+                status = None
+            finally:
+                connection.close()
+            assert status in (413, None) and time.monotonic() - began < 15, (chunked, status)
+        # The worker is free again.
+        assert post_json(gateway.url + "/v1/embed/text", {"texts": ["x"]}, timeout_s=5).status == 503
+    finally:
+        assert gateway.stop() == 0, gateway.log_tail()

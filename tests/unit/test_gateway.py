@@ -7,6 +7,7 @@ a 400 here proves the gateway refused the request itself.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import subprocess
 import sys
@@ -18,11 +19,12 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from gateway.app import create_app
 from gateway.encoding import base64_rows, float_rows
 from gateway.errors import HTTP_STATUS, ApiError, from_rpc_error
-from services.common.settings import GatewaySettings
+from services.common.settings import FusionSettings, GatewaySettings
 
 DEAD = "127.0.0.1:1"
 PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n not decoded by the gateway").decode()
@@ -171,6 +173,58 @@ def test_unknown_route_wrong_method_and_crashes_use_the_error_shape() -> None:
     assert "internal details" not in crash.get_data(as_text=True)
 
 
+# --- oversized bodies: a 413 the client gets to read ----------------------------------------------
+
+
+def send(app, body: io.IOBase, *, chunked: bool, path: str = "/v1/embed/text", method: str = "POST"):
+    """Calls the WSGI app as gunicorn does: chunked bodies have no Content-Length and a terminated stream."""
+    environ = EnvironBuilder(path=path, method=method, content_type="application/json").get_environ()
+    environ["wsgi.input"] = body
+    if chunked:
+        environ.pop("CONTENT_LENGTH", None)
+        environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+        environ["wsgi.input_terminated"] = True
+    else:
+        environ["CONTENT_LENGTH"] = str(len(body.getvalue()))
+    app_iter, status, _headers = run_wsgi_app(app, environ, buffered=True)
+    return int(status.split()[0]), json.loads(b"".join(app_iter))
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_oversized_body_gets_413_after_being_read_up_to_four_times_the_cap(chunked: bool) -> None:
+    app = make_app()  # max_body_bytes=4096
+    for size, read in ((5000, 5000), (16384, 16384), (100_000, 16384 if chunked else 0)):
+        body = io.BytesIO(b"x" * size)
+        status, answer = send(app, body, chunked=chunked)
+        assert (status, answer["error"]["status"]) == (413, "PAYLOAD_TOO_LARGE"), size
+        assert answer["error"]["message"] == "the request body is larger than 4096 bytes"
+        # Read (and discarded) so the client finishes sending and reads the answer; a declared length
+        # beyond the bound is not read at all (that connection closes).
+        assert body.tell() == read, size
+    # Whatever the route: one that never reads a body refuses an oversized one too.
+    assert send(app, io.BytesIO(b"x" * 5000), chunked=chunked, path="/v1/models", method="GET")[0] == 413
+
+
+def test_a_chunked_body_within_the_cap_reaches_the_view() -> None:
+    body = json.dumps({"texts": ["hello"], "user": "x" * 3000}).encode()
+    status, answer = send(make_app(), io.BytesIO(body), chunked=True)
+    assert status == 503 and "text service is unavailable" in answer["error"]["message"]  # past validation
+    status, answer = send(make_app(), io.BytesIO(b'{"texts": 5}'), chunked=True)
+    assert status == 400 and "'texts' must be a list" in answer["error"]["message"]
+
+
+def test_a_chunked_body_that_breaks_off_is_a_400() -> None:
+    class Broken(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            raise OSError("connection reset by peer")
+
+    status, answer = send(make_app(), Broken(), chunked=True)
+    assert status == 400 and answer["error"]["message"] == "the request body could not be read (OSError)"
+
+
 def test_unavailable_backend_is_a_fast_503_with_retry_after(client) -> None:
     began = time.monotonic()
     response = client.post("/v1/embed/text", json={"texts": ["hello"]})
@@ -178,7 +232,10 @@ def test_unavailable_backend_is_a_fast_503_with_retry_after(client) -> None:
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "text service is unavailable" in error_of(response)["message"]
     ready = client.get("/readyz")
-    assert ready.status_code == 503 and "text, vision, fusion not serving" in error_of(ready)["message"]
+    assert ready.status_code == 503 and ready.get_json() == {
+        "status": "not_ready",
+        "backends": {"text": "UNAVAILABLE", "vision": "UNAVAILABLE", "fusion": "UNAVAILABLE"},
+    }
     assert client.get("/healthz").status_code == 200
 
 
@@ -242,6 +299,23 @@ def test_openapi_document_is_valid_and_describes_every_route(client) -> None:
     assert texts["properties"]["texts"]["maxItems"] == 4  # the configured limit, as validated
     upload = document["paths"]["/v1/embed/image"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert upload["schema"]["required"] == ["image"]
+    readiness = document["paths"]["/readyz"]["get"]["responses"]
+    for code in ("200", "503"):  # one shape, ready or not; not the Error shape
+        schema = readiness[code]["content"]["application/json"]["schema"]
+        assert schema["required"] == ["status", "backends"], code
+        assert schema["properties"]["backends"]["required"] == ["text", "vision", "fusion"], code
+
+
+def test_candidate_label_limit_is_the_fusion_services(client) -> None:
+    limit = FusionSettings().max_candidate_labels
+    document = client.get("/openapi.json").get_json()
+    body = document["paths"]["/v1/similarity"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["properties"]["candidate_labels"]["maxItems"] == limit
+    labels = [str(i) for i in range(limit + 1)]
+    response = client.post("/v1/similarity", json={"images": [PNG_B64], "candidate_labels": labels})
+    assert (
+        f"too many items in 'candidate_labels': {limit + 1} (limit {limit})" in error_of(response)["message"]
+    )
 
 
 def test_openapi_declares_bearer_auth_only_when_keys_are_set(client) -> None:

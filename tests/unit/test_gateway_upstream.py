@@ -421,17 +421,26 @@ def test_fused_embed_similarity_ner_models_and_heads(client, b) -> None:
     assert heads[0]["name"] == "match" and heads[0]["metrics"] == {"accuracy": 0.9, "loss": None}
 
 
-def test_readyz_names_the_backend_that_is_not_serving(client, b) -> None:
-    assert ok(client.get("/readyz")) == {"status": "ready"}
-    b.health["vision"].set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+def test_readyz_is_ready_while_any_backend_serves_and_lists_each_state(client, b) -> None:
+    serving = {"text": "SERVING", "vision": "SERVING", "fusion": "SERVING"}
+    assert ok(client.get("/readyz")) == {"status": "ready", "backends": serving}
     try:
+        b.health["vision"].set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        # One modality down: the gateway stays ready (text and fusion still serve) and says which.
+        assert ok(client.get("/readyz")) == {
+            "status": "ready",
+            "backends": {**serving, "vision": "NOT_SERVING"},
+        }
+        b.health["text"].set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        b.health["fusion"].set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         response = client.get("/readyz")
-        assert (
-            response.status_code == 503
-            and response.get_json()["error"]["message"] == "not ready: vision not serving"
-        )
+        assert response.status_code == 503 and response.get_json() == {
+            "status": "not_ready",
+            "backends": dict.fromkeys(serving, "NOT_SERVING"),
+        }
     finally:
-        b.health["vision"].set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in serving:
+            b.health[name].set("", health_pb2.HealthCheckResponse.SERVING)
     assert client.get("/readyz").status_code == 200
 
 

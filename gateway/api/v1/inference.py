@@ -13,10 +13,9 @@ from gateway.errors import invalid
 from gateway.schema import Integer, ListOf, Object, String
 from mmserve.v1 import fusion_pb2, text_pb2, vision_pb2
 from services.common.matrix import from_matrix
+from services.common.settings import FusionSettings
 
 blueprint = Blueprint("inference", __name__, url_prefix="/v1")
-
-MAX_CANDIDATE_LABELS = 256  # the fusion service's default limit
 
 
 def _short(value: float) -> float:
@@ -136,7 +135,8 @@ SIMILARITY = Object(
     {
         "images": ListOf(IMAGE),
         "texts": ListOf(TEXT, min_items=0),
-        "candidate_labels": ListOf(TEXT, max_items=MAX_CANDIDATE_LABELS, min_items=0),
+        # The fusion service's default limit, declared once there; fusion enforces its configured one.
+        "candidate_labels": ListOf(TEXT, max_items=FusionSettings.max_candidate_labels, min_items=0),
         "head": String("Alignment head; empty for the encoders' native shared space (a CLIP pair)."),
     },
     required=("images",),

@@ -1,4 +1,5 @@
-"""`helm test`: waits for the gateway's /readyz, then asks for one embedding and checks its shape."""
+"""`helm test`: waits until the gateway's /readyz reports the text encoder SERVING, then asks for one
+embedding and checks its shape."""
 
 import json
 import pathlib
@@ -13,15 +14,22 @@ READY_TIMEOUT_S = 300
 
 
 def wait_ready() -> None:
+    """The gateway is ready as soon as any backend serves; the embedding below needs the text encoder."""
     deadline = time.monotonic() + READY_TIMEOUT_S
+    seen = "no answer"
     while True:
         try:
             with urllib.request.urlopen(f"{BASE}/readyz", timeout=5) as response:
-                if response.status == 200:
+                body = json.load(response)
+                seen = json.dumps(body)
+                if body.get("backends", {}).get("text") == "SERVING":
                     return
-        except (urllib.error.URLError, OSError) as exc:
-            if time.monotonic() > deadline:
-                sys.exit(f"FAIL: {BASE}/readyz not 200 after {READY_TIMEOUT_S} s: {exc}")
+        except urllib.error.HTTPError as exc:  # 503 while no backend serves yet
+            seen = f"{exc.code} {exc.read()[:300]!r}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            seen = repr(exc)
+        if time.monotonic() > deadline:
+            sys.exit(f"FAIL: {BASE}/readyz did not report text SERVING within {READY_TIMEOUT_S} s: {seen}")
         time.sleep(5)
 
 
@@ -45,7 +53,7 @@ def main() -> None:
     vector = embed()
     if not vector or not all(isinstance(x, float) for x in vector):
         sys.exit(f"FAIL: not an embedding: {vector!r:.200}")
-    print(f"ok: /readyz is 200 and POST /v1/embeddings returned {len(vector)} floats")
+    print(f"ok: /readyz reports text SERVING and POST /v1/embeddings returned {len(vector)} floats")
 
 
 if __name__ == "__main__":
