@@ -79,25 +79,20 @@ def main() -> None:
     parser.add_argument("--setups", nargs="*", choices=list(SETUPS), default=list(SETUPS))
     args = parser.parse_args()
     log_dir = Path(tempfile.mkdtemp(prefix="mmserve-bench-mixed-"))
+    header = ["round", "setup", "text c=1", "text c=32 alone", "images c=4 alone", "text c=32 mixed",
+              "images c=4 mixed", "errors"]  # fmt: skip
+    title = "Text and images sharing 2 cores through the gateway: items/s / p50 ms / p99 ms"
     rows = []
     for round_number in range(1, args.rounds + 1):
         for name in args.setups:
             results = measure_setup(SETUPS[name], args.text_requests, log_dir)
-            rows.append(
-                [round_number, name]
-                + [
-                    f"{r.items_per_s:.0f} / {r.percentile_ms(50):.1f} / {r.percentile_ms(99):.0f}"
-                    for r in results.values()
-                ]
-                + [sum(r.errors for r in results.values())]
-            )
-            print(f"round {round_number}, {name}: done", flush=True)
-    print_table(
-        "Text and images sharing 2 cores through the gateway: items/s / p50 ms / p99 ms",
-        ["round", "setup", "text c=1", "text c=32 alone", "images c=4 alone", "text c=32 mixed",
-         "images c=4 mixed", "errors"],
-        rows,
-    )  # fmt: skip
+            figures = [
+                f"{r.items_per_s:.0f} / {r.percentile_ms(50):.1f} / {r.percentile_ms(99):.0f}"
+                for r in results.values()
+            ]
+            rows.append([round_number, name, *figures, sum(r.errors for r in results.values())])
+            print_table(title, header, rows[-1:])  # as it comes: a long run may be cut short
+    print_table(title, header, rows)
     print(f"\nservice logs: {log_dir}")
 
 

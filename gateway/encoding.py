@@ -23,6 +23,11 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
     return Response(text, status=status, headers=headers, mimetype="application/json")
 
 
+def short_float(value: float) -> float:
+    """A float32 score with at most 9 significant digits (enough to identify it), as for embeddings."""
+    return float(f"{value:.9g}")
+
+
 def float_rows(matrix: np.ndarray) -> list[list[float]]:
     """Rows of a float32 matrix as Python floats of at most 9 significant digits (each reads back as the same float32)."""
     values = np.asarray(matrix, dtype=np.float64)

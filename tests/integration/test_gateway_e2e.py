@@ -101,7 +101,11 @@ def test_classify_ner_models_and_heads(gateway: str) -> None:
     entities = ok(gateway + "/v1/ner", {"texts": ["Angela Merkel visited Paris."]})["results"][0]["entities"]
     assert {("Angela Merkel", "PERSON"), ("Paris", "GPE")} <= {(e["text"], e["label"]) for e in entities}
     models = ok(gateway + "/v1/models", None)["data"]
-    assert [(m["modality"], m["embedding_dim"]) for m in models] == [("text", 384), ("image", 1280)]
+    embedders = [(m["modality"], m["embedding_dim"]) for m in models if m["task"] == "embed"]
+    assert embedders == [("text", 384), ("image", 1280)]
+    by_task = {(m["modality"], m["task"]): m for m in models}
+    assert {"PERSON", "GPE"} <= set(by_task["text", "ner"]["labels"])
+    assert len(by_task["image", "classify"]["labels"]) == 1000
     heads = {h["name"]: h for h in ok(gateway + "/v1/heads", None)["heads"]}
     assert heads["match"]["task"] == "classification" and heads["align"]["task"] == "alignment"
 

@@ -1,5 +1,6 @@
 """The text service serving fine-tuned models: NER with its own label set and ClassifyText, over
-real gRPC from a separate process; folders that are not servable are refused at start."""
+real gRPC from a separate process and over HTTP through a real gateway; folders that are not
+servable are refused at start."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from mmserve.v1 import common_pb2, text_pb2, text_pb2_grpc
 from scripts.stack import ServiceProcess, start_service
 from tests.support.tiny_text_models import CLASSES, save_tiny_classifier, save_tiny_ner
+from tests.support.traffic import post_json
 
 TEXTS = ["Alice flew to Paris on Monday", "the match ended two nil", "new chips are faster"]
 
@@ -37,6 +39,15 @@ def stub(service: ServiceProcess):
         yield text_pb2_grpc.TextEncoderServiceStub(channel)
 
 
+@pytest.fixture(scope="module")
+def gateway(service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory):
+    dead = "127.0.0.1:1"  # only the text service is needed here
+    args = ["--text-address", service.address, "--vision-address", dead, "--fusion-address", dead]
+    started = start_service("gateway", args=args, log_dir=tmp_path_factory.mktemp("gateway-logs"))
+    yield started.url
+    started.stop()
+
+
 def test_ner_serves_the_models_own_labels_with_scores(stub) -> None:
     reply = stub.ExtractEntities(text_pb2.ExtractEntitiesRequest(texts=TEXTS[:1]), timeout=30)
     entities = reply.results[0].entities
@@ -55,7 +66,10 @@ def test_model_info_lists_every_task_and_its_labels(stub) -> None:
     assert list(tasks["classify"].labels) == list(CLASSES)
     assert tasks["embed"].model_id == info.model_id and tasks["embed"].num_labels == 0
     brief = stub.GetModelInfo(common_pb2.GetModelInfoRequest(), timeout=10)
-    assert all(not t.labels for t in brief.tasks) and {t.task: t.num_labels for t in brief.tasks}["classify"] == 3
+    assert (
+        all(not t.labels for t in brief.tasks)
+        and {t.task: t.num_labels for t in brief.tasks}["classify"] == 3
+    )
 
 
 def test_classify_text_equals_the_in_process_model(stub, models: dict[str, Path]) -> None:
@@ -71,6 +85,25 @@ def test_classify_text_equals_the_in_process_model(stub, models: dict[str, Path]
         assert result.labels[0].score >= result.labels[1].score
     default = stub.ClassifyText(text_pb2.ClassifyTextRequest(texts=TEXTS[:1]), timeout=30)
     assert len(default.results[0].labels) == len(CLASSES)  # default top_k 5, capped at the label count
+
+
+def test_the_fine_tuned_models_over_http(gateway: str, stub) -> None:
+    entities = post_json(gateway + "/v1/ner", {"texts": TEXTS[:1]})
+    assert entities.status == 200 and {e["label"] for e in entities.json["results"][0]["entities"]} == {"PER"}
+    classified = post_json(gateway + "/v1/classify/text", {"texts": TEXTS, "top_k": 1})
+    served = stub.ClassifyText(text_pb2.ClassifyTextRequest(texts=TEXTS, top_k=1), timeout=30)
+    assert classified.status == 200
+    assert [r["labels"][0]["label"] for r in classified.json["results"]] == [
+        r.labels[0].label for r in served.results
+    ]
+    one = post_json(gateway + "/text-classification", {"text": TEXTS[0]})
+    assert one.status == 200 and one.json["label"] == classified.json["results"][0]["labels"][0]["label"]
+    assert one.json["score"] == pytest.approx(classified.json["results"][0]["labels"][0]["score"])
+    refused = post_json(gateway + "/text-classification", {"text": ""})
+    assert refused.status == 400 and refused.json["error"]["status"] == "INVALID_ARGUMENT"
+    models = post_json(gateway + "/v1/models", None).json["data"]
+    by_task = {m["task"]: m for m in models if m["modality"] == "text"}
+    assert by_task["ner"]["labels"] == ["PER", "LOC"] and by_task["classify"]["labels"] == list(CLASSES)
 
 
 @pytest.mark.parametrize(

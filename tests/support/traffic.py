@@ -22,6 +22,10 @@ class Outcome:
     def seconds(self) -> float:
         return self.finished - self.started
 
+    @property
+    def json(self):
+        return json.loads(self.body)
+
 
 def post_json(
     url: str, payload: dict | None, timeout_s: float = 30.0, headers: dict | None = None

@@ -97,9 +97,28 @@ class FakeText(text_pb2_grpc.TextEncoderServiceServicer):
             )
         return text_pb2.ExtractEntitiesResponse(results=results, model_id="fake-ner")
 
+    def ClassifyText(self, request, context):
+        self.b.enter("text.ClassifyText", request, context)
+        k = request.top_k or 2
+        ranked = [("positive", 0.75), ("negative", 0.25)][:k]
+        return text_pb2.ClassifyTextResponse(
+            results=[
+                text_pb2.TextClassification(
+                    labels=[common_pb2.LabelScore(label=n, score=v) for n, v in ranked]
+                )
+                for _ in request.texts
+            ],
+            model_id="fake-classifier",
+        )
+
     def GetModelInfo(self, request, context):
         self.b.enter("text.GetModelInfo", request, context)
-        return common_pb2.ModelInfo(model_id="fake-text", embedding_dim=8, modality=common_pb2.MODALITY_TEXT)
+        labels = ["PER", "LOC"] if request.include_labels else []
+        tasks = [common_pb2.TaskModel(task="embed", model_id="fake-text"),
+                 common_pb2.TaskModel(task="ner", model_id="fake-ner", num_labels=2, labels=labels)]  # fmt: skip
+        return common_pb2.ModelInfo(
+            model_id="fake-text", embedding_dim=8, modality=common_pb2.MODALITY_TEXT, tasks=tasks
+        )
 
 
 class FakeVision(vision_pb2_grpc.VisionEncoderServiceServicer):
@@ -413,10 +432,12 @@ def test_fused_embed_similarity_ner_models_and_heads(client, b) -> None:
         {"text": "Paris", "label": "WORD", "start_char": 0, "end_char": 5, "score": None}
     ]
     models = ok(client.get("/v1/models"))["data"]
-    assert [(m["id"], m["modality"], m["embedding_dim"]) for m in models] == [
-        ("fake-text", "text", 8),
-        ("fake-vision", "image", 12),
+    assert [(m["id"], m["modality"], m["task"], m["embedding_dim"]) for m in models] == [
+        ("fake-text", "text", "embed", 8),
+        ("fake-ner", "text", "ner", 0),
+        ("fake-vision", "image", "embed", 12),
     ]
+    assert models[1]["labels"] == ["PER", "LOC"] and b.requests("text.GetModelInfo")[-1].include_labels
     heads = ok(client.get("/v1/heads"))["heads"]
     assert heads[0]["name"] == "match" and heads[0]["metrics"] == {"accuracy": 0.9, "loss": None}
 
@@ -455,3 +476,52 @@ def test_upstream_calls_are_timed_by_service_method_and_code(client, b) -> None:
     }  # fmt: skip
     for code in ("OK", "RESOURCE_EXHAUSTED"):
         assert counts[(("code", code), ("method", "ExtractEntities"), ("service", "text"))] >= 1
+
+
+def test_text_classification_routes(client, b) -> None:
+    body = ok(client.post("/v1/classify/text", json={"texts": ["great film", "dull"], "top_k": 1}))
+    assert body == {
+        "model": "fake-classifier",
+        "results": [{"labels": [{"label": "positive", "score": 0.75}]}] * 2,
+    }
+    assert b.requests("text.ClassifyText")[0].top_k == 1
+    assert ok(client.post("/text-classification", json={"text": "great film"})) == {
+        "label": "positive",
+        "score": 0.75,
+    }
+    assert list(b.requests("text.ClassifyText")[-1].texts) == ["great film"]
+    paths = ok(client.get("/openapi.json"))["paths"]
+    assert {"/v1/classify/text", "/text-classification"} <= set(paths)
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "message"),
+    [
+        ("/text-classification", {"text": "   "}, "'text' is empty"),
+        ("/text-classification", {}, "'text' is required"),
+        ("/text-classification", {"text": 5}, "'text' must be a string"),
+        ("/v1/classify/text", {"texts": []}, "texts"),
+        ("/v1/classify/text", {"texts": ["x"] * 9}, "(limit 8)"),
+        ("/v1/classify/text", {"texts": ["x"], "top_k": 0}, "top_k"),
+    ],
+)
+def test_text_classification_refuses_bad_requests(client, b, path: str, payload: dict, message: str) -> None:
+    response = client.post(path, json=payload)
+    error = response.get_json()["error"]
+    assert response.status_code == 400 and message in error["message"], error
+    assert not b.requests("text.ClassifyText")
+
+
+def test_no_classifier_served_is_a_400_that_says_so(client, b) -> None:
+    b.fail["text.ClassifyText"] = (grpc.StatusCode.FAILED_PRECONDITION, "no text classifier is served")
+    response = client.post("/text-classification", json={"text": "hello"})
+    assert response.status_code == 400
+    assert "no text classifier" in response.get_json()["error"]["message"]
+
+
+def test_models_lists_what_is_served_while_an_encoder_is_down(client, b) -> None:
+    b.fail["vision.GetModelInfo"] = (grpc.StatusCode.UNAVAILABLE, "vision is down")
+    models = ok(client.get("/v1/models"))["data"]
+    assert {m["modality"] for m in models} == {"text"}
+    b.fail["text.GetModelInfo"] = (grpc.StatusCode.UNAVAILABLE, "text is down")
+    assert client.get("/v1/models").status_code == 503

@@ -1,7 +1,8 @@
-"""Version 1 of the REST API: one blueprint per resource, all under /v1."""
+"""Version 1 of the REST API: one blueprint per resource, under /v1 (and the classic
+single-text ``/text-classification`` contract beside it)."""
 
 from __future__ import annotations
 
-from gateway.api.v1 import catalog, embeddings, inference
+from gateway.api.v1 import catalog, embeddings, inference, text_classification
 
-BLUEPRINTS = (embeddings.blueprint, inference.blueprint, catalog.blueprint)
+BLUEPRINTS = (embeddings.blueprint, inference.blueprint, text_classification.blueprint, catalog.blueprint)

@@ -9,7 +9,7 @@ from flask import Blueprint, Response
 from gateway.api.shapes import INT, STR, array, obj
 from gateway.encoding import json_response
 from gateway.endpoints import endpoint, state
-from gateway.upstreams import wait_all
+from gateway.errors import ApiError
 from mmserve.v1 import common_pb2, fusion_pb2
 
 blueprint = Blueprint("catalog", __name__, url_prefix="/v1")
@@ -19,23 +19,28 @@ MODEL = obj(
         "id": STR,
         "object": {"type": "string", "enum": ["model"]},
         "modality": {"type": "string", "enum": ["text", "image", "fused", "unspecified"]},
+        "task": {"type": "string", "description": "embed, ner, classify, ..."},
         "revision": STR,
-        "embedding_dim": INT,
+        "embedding_dim": {**INT, "description": "0 for models that do not embed (NER, classifiers)"},
         "device": STR,
         "dtype": STR,
         "max_batch_size": INT,
         "max_input_tokens": INT,
         "num_labels": INT,
+        "labels": {**array(STR), "description": "classes or entity types the model returns"},
     },
-    ["id", "object", "modality", "embedding_dim"],
+    ["id", "object", "modality", "task", "embedding_dim"],
 )
 
 
-def _model(info: common_pb2.ModelInfo) -> dict:
-    return {
+def _models(info: common_pb2.ModelInfo) -> list[dict]:
+    """One entry per task the service runs: its main (embedding) model, then NER, classifiers."""
+    modality = common_pb2.Modality.Name(info.modality).removeprefix("MODALITY_").lower()
+    main = {
         "id": info.model_id,
         "object": "model",
-        "modality": common_pb2.Modality.Name(info.modality).removeprefix("MODALITY_").lower(),
+        "modality": modality,
+        "task": info.tasks[0].task if info.tasks else "embed",
         "revision": info.revision,
         "embedding_dim": info.embedding_dim,
         "device": info.device,
@@ -43,21 +48,38 @@ def _model(info: common_pb2.ModelInfo) -> dict:
         "max_batch_size": info.max_batch_size,
         "max_input_tokens": info.max_input_tokens,
         "num_labels": info.num_labels,
+        "labels": list(info.tasks[0].labels) if info.tasks else [],
     }
+    extra = [
+        {"id": t.model_id, "object": "model", "modality": modality, "task": t.task, "revision": t.revision,
+         "embedding_dim": 0, "num_labels": t.num_labels, "labels": list(t.labels)}
+        for t in info.tasks[1:]
+    ]  # fmt: skip
+    return [main, *extra]
 
 
 @endpoint(
     blueprint, "GET", "/models",
-    summary="The encoders' models (id, revision, dimension, device, limits)",
+    summary="The encoders' models, one entry per task (id, revision, dimension, labels, limits)",
     response=obj({"object": {"type": "string", "enum": ["list"]}, "data": array(MODEL)}, ["object", "data"]),
 )  # fmt: skip
 def models() -> Response:
     upstreams = state().upstreams
     calls = [
-        upstreams.start(service, "GetModelInfo", common_pb2.GetModelInfoRequest())
+        upstreams.start(service, "GetModelInfo", common_pb2.GetModelInfoRequest(include_labels=True))
         for service in ("text", "vision")
     ]
-    return json_response({"object": "list", "data": [_model(info) for info in wait_all(calls)]})
+    # What is being served: an encoder that is down is left out (its routes answer 503), as long
+    # as one answers; with none, its error is the answer.
+    infos, failures = [], []
+    for call in calls:
+        try:
+            infos.append(call.result())
+        except ApiError as error:
+            failures.append(error)
+    if not infos:
+        raise failures[0]
+    return json_response({"object": "list", "data": [m for info in infos for m in _models(info)]})
 
 
 HEAD = obj(
