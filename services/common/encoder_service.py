@@ -31,6 +31,18 @@ def check_item_count(items: Sequence[Any], limit: int, field: str, noun: str) ->
     return list(items)
 
 
+def resolve_top_k(requested: int, default: int, available: int) -> int:
+    """How many labels a Classify call returns: the request's (0: the service default), at most
+    as many as the model has."""
+    if requested < 0:
+        raise InvalidInput(f"top_k must be >= 0 (0 means the default, {default}); got {requested}")
+    return min(requested or default, available)
+
+
+def label_scores(ranked: Sequence[tuple[str, float]]) -> list[common_pb2.LabelScore]:
+    return [common_pb2.LabelScore(label=label, score=score) for label, score in ranked]
+
+
 class EncoderService:
     """Lifecycle and batching of one encoder service; ``backends`` maps task -> backend.
 

@@ -11,7 +11,7 @@ import grpc
 
 from mmserve.v1 import common_pb2, text_pb2, text_pb2_grpc
 from services.common.backend import ModelBackend, ModelDescription
-from services.common.encoder_service import EncoderService, check_item_count
+from services.common.encoder_service import EncoderService, check_item_count, label_scores, resolve_top_k
 from services.common.errors import FailedPrecondition, InvalidInput
 from services.common.matrix import to_matrix
 from services.common.metrics import ServiceMetrics
@@ -104,19 +104,10 @@ class TextService(EncoderService, text_pb2_grpc.TextEncoderServiceServicer):
                 "no text classifier is served; start the text service with MMSERVE_TEXT_CLASSIFIER_MODEL"
             )
         description = self.description("classify")
-        if request.top_k < 0:
-            raise InvalidInput(
-                f"top_k must be >= 0 (0 means the default, {self._text_settings.top_k}); got {request.top_k}"
-            )
-        top_k = min(request.top_k or self._text_settings.top_k, len(description.labels))
+        top_k = resolve_top_k(request.top_k, self._text_settings.top_k, len(description.labels))
         texts = validate_texts(request.texts, self._text_settings)
         ranked = await self.run("classify", [(text, top_k) for text in texts], context.time_remaining())
         return text_pb2.ClassifyTextResponse(
-            results=[
-                text_pb2.TextClassification(
-                    labels=[common_pb2.LabelScore(label=label, score=score) for label, score in labels]
-                )
-                for labels in ranked
-            ],
+            results=[text_pb2.TextClassification(labels=label_scores(labels)) for labels in ranked],
             model_id=description.model_id,
         )

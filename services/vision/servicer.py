@@ -19,8 +19,8 @@ from PIL import Image
 
 from mmserve.v1 import common_pb2, vision_pb2, vision_pb2_grpc
 from services.common.backend import ModelDescription
-from services.common.encoder_service import EncoderService, check_item_count
-from services.common.errors import FailedPrecondition, InvalidInput
+from services.common.encoder_service import EncoderService, check_item_count, label_scores, resolve_top_k
+from services.common.errors import FailedPrecondition
 from services.common.matrix import to_matrix
 from services.common.metrics import ServiceMetrics
 from services.common.settings import VisionSettings
@@ -89,19 +89,10 @@ class VisionService(EncoderService, vision_pb2_grpc.VisionEncoderServiceServicer
         description = self.description("classify")
         if not description.labels:
             raise FailedPrecondition(f"model {description.model_id} has no classifier head; use Embed")
-        if request.top_k < 0:
-            raise InvalidInput(
-                f"top_k must be >= 0 (0 means the default, {self._vision_settings.top_k}); got {request.top_k}"
-            )
-        top_k = min(request.top_k or self._vision_settings.top_k, len(description.labels))
+        top_k = resolve_top_k(request.top_k, self._vision_settings.top_k, len(description.labels))
         prepared = await self._prepare(request.images)
         ranked = await self.run("classify", [(p, top_k) for p in prepared], context.time_remaining())
         return vision_pb2.ClassifyImageResponse(
-            results=[
-                vision_pb2.ImageClassification(
-                    labels=[common_pb2.LabelScore(label=label, score=score) for label, score in labels]
-                )
-                for labels in ranked
-            ],
+            results=[vision_pb2.ImageClassification(labels=label_scores(labels)) for labels in ranked],
             model_id=description.model_id,
         )
