@@ -28,7 +28,7 @@ from services.common.settings import ServerSettings
 
 _LOGGER = logging.getLogger(__name__)
 
-# Images travel inside requests; the services enforce their own, smaller, per-item limits.
+# Replies: embeddings and labels, far below this; requests are capped per service by settings.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -134,7 +134,7 @@ class RunningServer:
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
         # Accept the clients' keepalive pings (they detect dead peers fast).
@@ -156,7 +156,9 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 def create_server(settings: ServerSettings, service: Service, metrics: ServiceMetrics) -> RunningServer:
     """Builds the server with the service, health and reflection, bound to settings.host:port."""
     server = grpc.aio.server(
-        interceptors=[_ErrorsAndMetricsInterceptor(metrics)], options=server_options(settings)
+        interceptors=[_ErrorsAndMetricsInterceptor(metrics)],
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     service.add_to_server(server)
     health_servicer = health.aio.HealthServicer()

@@ -45,6 +45,10 @@ class ServerSettings:
     max_connection_age_grace_s: float = option(
         15.0, "How long calls in flight on a connection being closed for age may still finish."
     )
+    max_concurrent_rpcs: int = option(
+        512, "Most calls handled at once; more get RESOURCE_EXHAUSTED at once instead of piling up."
+    )
+    max_receive_message_bytes: int = option(64 * 1024 * 1024, "Largest request message accepted.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +78,12 @@ class TextSettings(EncoderSettings):
     pooling: str = option("mean", "Sentence pooling: mean or cls.")
     max_batch_tokens: int = option(16384, "Token budget of one forward pass (padded length x items).")
     max_text_chars: int = option(100_000, "Longest accepted text in characters; longer is refused.")
+    max_request_chars_ner: int = option(
+        100_000,
+        "Most characters (all texts together) in one NER or classification request: NER reads every "
+        "character, so this bounds how long one request can hold the NER worker.",
+    )
+    max_receive_message_bytes: int = option(8 * 1024 * 1024, "Largest request message accepted.")
     ner_model: str = option(
         "",
         "NER model: local dir or hub id of a token-classification model; empty means the packaged spaCy pipeline.",

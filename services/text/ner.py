@@ -16,8 +16,9 @@ from services.text.embedding import estimated_tokens
 from services.text.labels import checked_labels, entity_types
 
 DEFAULT_NER_MODEL_ID = "spacy/en_core_web_sm"
-# Where a text's estimated cost stops growing for the batcher's budget (a typical model window).
-_MAX_TOKENS_ESTIMATE = 512
+# NER reads the whole text (spaCy) or splits it into windows (transformers): cost grows with length
+# without a cap, so a long text runs in a batch of its own rather than stalling many short ones.
+_UNCAPPED = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class SpacyNer:
         )
 
     def item_cost(self, text: str) -> int:
-        return estimated_tokens(text, _MAX_TOKENS_ESTIMATE)
+        return estimated_tokens(text, _UNCAPPED)
 
     def process(self, texts: Sequence[str]) -> list[list[FoundEntity]]:
         return [
@@ -91,7 +92,7 @@ class TransformersNer:
         )
 
     def item_cost(self, text: str) -> int:
-        return estimated_tokens(text, _MAX_TOKENS_ESTIMATE)
+        return estimated_tokens(text, _UNCAPPED)
 
     def process(self, texts: Sequence[str]) -> list[list[FoundEntity]]:
         results = self._pipeline(list(texts), batch_size=max(len(texts), 1))

@@ -33,6 +33,17 @@ def validate_texts(texts: Sequence[str], settings: TextSettings, field: str = "t
     return texts
 
 
+def check_request_chars(texts: Sequence[str], limit: int) -> None:
+    """Tasks that read every character (NER) get a per-request budget, so one request cannot hold
+    the worker for long while requests queued behind it miss their deadlines."""
+    total = sum(map(len, texts))
+    if total > limit:
+        raise InvalidInput(
+            f"the texts have {total} characters in all (limit {limit} per request for this task); "
+            "send fewer or shorter texts per request"
+        )
+
+
 class TextService(EncoderService, text_pb2_grpc.TextEncoderServiceServicer):
     """Tasks: ``embed`` (the main model), ``ner`` and, when a classifier is configured, ``classify``."""
 
@@ -77,6 +88,7 @@ class TextService(EncoderService, text_pb2_grpc.TextEncoderServiceServicer):
     ):
         description = self.description("ner")
         texts = validate_texts(request.texts, self._text_settings)
+        check_request_chars(texts, self._text_settings.max_request_chars_ner)
         found = await self.run("ner", texts, context.time_remaining())
         return text_pb2.ExtractEntitiesResponse(
             results=[
@@ -106,6 +118,7 @@ class TextService(EncoderService, text_pb2_grpc.TextEncoderServiceServicer):
         description = self.description("classify")
         top_k = resolve_top_k(request.top_k, self._text_settings.top_k, len(description.labels))
         texts = validate_texts(request.texts, self._text_settings)
+        check_request_chars(texts, self._text_settings.max_request_chars_ner)
         ranked = await self.run("classify", [(text, top_k) for text in texts], context.time_remaining())
         return text_pb2.ClassifyTextResponse(
             results=[text_pb2.TextClassification(labels=label_scores(labels)) for labels in ranked],

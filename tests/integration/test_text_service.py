@@ -183,3 +183,33 @@ def test_reflection_and_named_health_are_served(text_service: ServiceProcess) ->
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert {"mmserve.v1.TextEncoderService", "grpc.health.v1.Health"} <= services
     assert health_status(text_service.address, "mmserve.v1.TextEncoderService") == 1
+
+
+def test_ner_work_per_request_is_bounded(stub) -> None:
+    """An 800 KB NER request used to hold the NER worker for ~13 s; now it is refused at once, and
+    the largest accepted one leaves a small request beside it well within its deadline."""
+    began = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ExtractEntities(
+            text_pb2.ExtractEntitiesRequest(texts=["Paris is big. " * 6000] * 10), timeout=10
+        )
+    assert (
+        caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "characters in all" in caught.value.details()
+    )
+    assert time.monotonic() - began < 2
+
+    largest = ["Angela Merkel met Emmanuel Macron in Paris. " * 450] * 5  # 99,000 characters
+    with ThreadPoolExecutor(2) as pool:
+        big = pool.submit(stub.ExtractEntities, text_pb2.ExtractEntitiesRequest(texts=largest), timeout=30)
+        time.sleep(0.05)
+        small = stub.ExtractEntities(text_pb2.ExtractEntitiesRequest(texts=["Tim Cook in London"]), timeout=8)
+        assert {e.text for e in small.results[0].entities} >= {"London"}
+        assert len(big.result().results) == 5
+
+
+def test_oversized_messages_are_refused_by_the_transport(stub) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        embed(stub, ["y" * 90_000] * 100)  # 9 MB: over the text service's 8 MiB message limit
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert from_matrix(embed(stub, ["still serving"]).embeddings).shape == (1, 384)
