@@ -13,6 +13,7 @@ import tempfile
 
 from gunicorn.app.base import BaseApplication
 
+from gateway.auth import parse_api_keys
 from services.common.logs import JsonFormatter, configure_logging
 from services.common.settings import GatewaySettings, load_settings
 
@@ -70,6 +71,10 @@ def _mark_worker_dead(_server, worker) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(GatewaySettings, sys.argv[1:] if argv is None else argv)
     configure_logging("gateway", settings.log_level)
+    try:
+        parse_api_keys(settings)  # fail before forking workers that would each fail to boot
+    except ValueError as exc:
+        raise SystemExit(f"gateway: {exc}") from None
     # Several workers share one metrics view through files in a fresh directory.
     metrics_dir = tempfile.mkdtemp(prefix="mmserve-gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -12,8 +11,10 @@ from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import HTTPException
 
+from gateway.admission import InFlightBudget
 from gateway.api import service
 from gateway.api.v1 import BLUEPRINTS
+from gateway.auth import authorized, parse_api_keys
 from gateway.body_limit import BODY_ERROR, BodyLimit
 from gateway.encoding import json_response
 from gateway.endpoints import GatewayState, install_state, operations
@@ -39,6 +40,7 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
     """
     settings = settings or GatewaySettings()
     metrics = GatewayMetrics(registry)
+    budget = InFlightBudget(settings.max_in_flight_bytes)
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     install_state(
@@ -50,9 +52,10 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
                 settings.image_url_allowlist, settings.image_url_timeout_s, settings.image_url_max_bytes
             ),
             metrics=metrics,
+            budget=budget,
         ),
     )
-    api_keys = [key.strip().encode() for key in settings.api_keys.split(",") if key.strip()]
+    api_keys = parse_api_keys(settings)
 
     @app.before_request
     def start_request() -> None:
@@ -66,7 +69,15 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
         body_error = request.environ.get(BODY_ERROR)
         if body_error is not None:  # too large or unreadable, found before the app saw the request
             raise body_error
-        if api_keys and request.path.startswith(_PROTECTED_PREFIX) and not _authorized(api_keys):
+        size = request.content_length or 0
+        if not budget.admit(size):
+            raise ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the gateway is busy with {budget.used} bytes of requests (budget "
+                f"{settings.max_in_flight_bytes}); retry later",
+            )
+        g.admitted = size
+        if api_keys and request.path.startswith(_PROTECTED_PREFIX) and not authorized(api_keys):
             raise ApiError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or invalid API key; send 'Authorization: Bearer <key>'",
@@ -97,6 +108,9 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
 
     @app.teardown_request
     def end_request(_exc: BaseException | None) -> None:
+        admitted = g.pop("admitted", None)
+        if admitted is not None:
+            budget.release(admitted)
         tokens = g.pop("tokens", None)
         if tokens is not None:
             metrics.in_flight.dec()
@@ -125,12 +139,3 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
     # Oversized bodies get their 413 read by the client, chunked ones too (see gateway.body_limit).
     app.wsgi_app = BodyLimit(app.wsgi_app, settings.max_body_bytes, settings.deadline_s)
     return app
-
-
-def _authorized(api_keys: list[bytes]) -> bool:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return False
-    presented = token.strip().encode()
-    # Compare against every key (constant time each) so timing reveals nothing about which matched.
-    return any([hmac.compare_digest(presented, key) for key in api_keys])  # noqa: C419

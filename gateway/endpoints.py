@@ -18,6 +18,7 @@ from typing import Any
 from flask import Flask, current_app, request
 from flask.sansio.scaffold import Scaffold
 
+from gateway.admission import InFlightBudget
 from gateway.image_urls import ImageUrlFetcher
 from gateway.metrics import GatewayMetrics
 from gateway.schema import Context, Object, parse_form_body, parse_json_body
@@ -35,6 +36,7 @@ class GatewayState:
     upstreams: Upstreams
     image_urls: ImageUrlFetcher
     metrics: GatewayMetrics
+    budget: InFlightBudget  # request bytes this worker handles at once
 
     def context(self) -> Context:
         return Context(

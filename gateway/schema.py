@@ -119,7 +119,9 @@ class Integer(Field):
         if value is None:
             return self.default
         if ctx.form and isinstance(value, str):  # form fields are strings
-            value = int(value) if value.strip().lstrip("-").isdigit() else value
+            digits = value.strip().removeprefix("-")
+            # ASCII only: str.isdigit() accepts "²", which int() refuses.
+            value = int(value) if digits.isascii() and digits.isdigit() else value
         if isinstance(value, bool) or not isinstance(value, int):
             raise invalid(f"'{where}' must be an integer")
         if not self.low <= value <= self.high:

@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
-    """A settings field with its help text (shown by ``--help`` and in the README table)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def option(default: Any, help: str, secret: bool = False) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A settings field with its help text (shown by ``--help`` and in the README table); a
+    ``secret`` one stays out of the settings' repr (and so out of logs and tracebacks)."""
+    return dataclasses.field(default=default, metadata={"help": help}, repr=not secret)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +108,47 @@ class VisionSettings(EncoderSettings):
     min_image_side_px: int = option(8, "Smallest accepted width or height in pixels.")
     top_k: int = option(5, "Default number of labels Classify returns.")
     decode_threads: int = option(2, "Threads that decode and preprocess images, off the event loop.")
+    max_videos_per_request: int = option(4, "Most videos in one EmbedVideo request.")
+    max_video_bytes: int = option(32 * 1024 * 1024, "Largest accepted encoded video in bytes.")
+    max_video_seconds: float = option(600.0, "Longest accepted video in seconds (declared and decoded).")
+    max_video_frames: int = option(64, "Most frames sampled from one video (each is embedded).")
+    max_video_decoded_frames: int = option(
+        36_000, "Most frames decoded from one video to reach the sampled ones; more is refused."
+    )
+    max_video_frame_pixels: int = option(
+        8_294_400, "Largest accepted frame width x height (3840x2160), checked before decoding."
+    )
+    video_frames: int = option(8, "Frames EmbedVideo samples per video when the request names no sampling.")
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioSettings(EncoderSettings):
+    ENV_PREFIX: typing.ClassVar[str] = "MMSERVE_AUDIO_"
+
+    port: int = option(50054, "gRPC port.")
+    metrics_port: int = option(9104, "Prometheus /metrics HTTP port (-1 disables).")
+    model: str = option(
+        "",
+        "Empty: the packaged YAMNet (ONNX); else a .onnx file taking a waveform, or a transformers "
+        "audio model directory or hub id (wav2vec2, HuBERT, CLAP, an audio classifier).",
+    )
+    dtype: str = option("auto", "auto, float32, float16 or bfloat16 (transformers models); ONNX runs float32.")
+    torch_threads: int = option(
+        0, "Intra-op CPU threads of onnxruntime (and torch); 0: the CPUs this process may use."
+    )
+    max_batch_size: int = option(64, "Most segments (YAMNet: 0.96 s patches) in one forward pass.")
+    max_queue_size: int = option(8192, "Most segments waiting; more are refused with RESOURCE_EXHAUSTED.")
+    max_items_per_request: int = option(16, "Most clips in one request.")
+    max_audio_bytes: int = option(32 * 1024 * 1024, "Largest accepted encoded clip in bytes.")
+    max_audio_seconds: float = option(600.0, "Longest accepted clip in seconds (declared and decoded).")
+    min_sample_rate_hz: int = option(4000, "Lowest accepted sample rate of an encoded clip.")
+    max_sample_rate_hz: int = option(192_000, "Highest accepted sample rate of an encoded clip.")
+    max_channels: int = option(8, "Most channels of an accepted clip (they are averaged to mono).")
+    segment_seconds: float = option(
+        10.0, "Window length waveform models (ONNX, transformers) embed; a clip's embedding is their mean."
+    )
+    top_k: int = option(5, "Default number of labels Classify returns.")
+    decode_threads: int = option(2, "Threads that decode, resample and featurise audio, off the event loop.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +243,17 @@ class GatewaySettings:
     fusion_address: str = option("localhost:50053", "Fusion service target.")
     text_address: str = option("localhost:50051", "Text encoder target.")
     vision_address: str = option("localhost:50052", "Vision encoder target.")
+    audio_address: str = option("localhost:50054", "Audio encoder target.")
     api_keys: str = option(
-        "", "Comma-separated API keys; when set, /v1 routes need 'Authorization: Bearer <key>'."
+        "", "Comma-separated API keys; when set, /v1 routes need 'Authorization: Bearer <key>'.", secret=True
+    )
+    require_api_keys: bool = option(
+        False, "Refuse to start without at least one API key (the chart sets it when keys are configured)."
+    )
+    max_in_flight_bytes: int = option(
+        96 * 1024 * 1024,
+        "Request bodies one worker handles at once, in bytes; past it requests get 429 (a request costs "
+        "about 3.5x its body in memory).",
     )
     max_body_bytes: int = option(32 * 1024 * 1024, "Largest accepted request body in bytes.")
     max_items_per_request: int = option(64, "Most inputs in one request.")

@@ -21,8 +21,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from gateway.admission import InFlightBudget
 from gateway.app import create_app
 from gateway.encoding import base64_rows, float_rows
+from gateway.endpoints import state
 from gateway.errors import HTTP_STATUS, ApiError, from_rpc_error
 from services.common.settings import FusionSettings, GatewaySettings
 
@@ -395,3 +397,64 @@ def test_the_gateway_never_imports_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"api_keys": ","}, "holds no key"),
+        ({"api_keys": "  , "}, "holds no key"),
+        ({"require_api_keys": True}, "REQUIRE_API_KEYS is on"),
+    ],
+)
+def test_api_keys_fail_closed(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_app(**overrides)
+
+
+def test_the_gateway_refuses_to_start_with_keys_that_parse_to_nothing() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "--api-keys", ",", "--port", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0 and "holds no key" in done.stderr
+
+
+def test_api_keys_stay_out_of_the_settings_repr() -> None:
+    assert "s3cret" not in repr(GatewaySettings(api_keys="s3cret"))
+
+
+def test_multipart_top_k_with_a_non_ascii_digit_is_a_400() -> None:
+    client = make_app().test_client()
+    response = client.post(
+        "/v1/classify/image",
+        data={"image": [(io.BytesIO(b"\x89PNG\r\n\x1a\nx"), "a.png")], "top_k": "\u00b2"},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 400 and "top_k" in response.get_json()["error"]["message"]
+
+
+def test_in_flight_budget_refuses_past_it_and_always_admits_one() -> None:
+    budget = InFlightBudget(100)
+    assert budget.admit(500)  # alone: admitted whatever its size
+    assert not budget.admit(1)
+    budget.release(500)
+    assert budget.admit(60) and budget.admit(40) and not budget.admit(1)
+    budget.release(60)
+    assert budget.admit(0) and budget.admit(50) and budget.used == 90
+
+
+def test_requests_past_the_in_flight_budget_get_429() -> None:
+    app = make_app(max_in_flight_bytes=64)
+    client = app.test_client()
+    body = {"texts": ["x" * 200]}
+    assert client.post("/v1/embed/text", json=body).status_code == 503  # alone: admitted (no backend)
+    with app.app_context():
+        state().budget.admit(60)  # another request in flight
+    refused = client.post("/v1/embed/text", json=body)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    assert refused.get_json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    with app.app_context():
+        state().budget.release(60)
+        assert state().budget.used == 0  # every admitted request released its share
+    assert client.post("/v1/embed/text", json=body).status_code == 503

@@ -178,6 +178,9 @@ not repeat these names (the template fails instead of emitting duplicates).
     secretKeyRef:
       name: {{ include "mmserve.apiKeysSecretName" $root }}
       key: {{ $root.Values.gateway.auth.existingSecretKey }}
+# Keys are configured: an empty Secret value must stop the gateway, not turn auth off.
+{{ $p }}REQUIRE_API_KEYS:
+  value: "true"
 {{- end }}
 {{- end }}
 {{- if $tls.enabled }}
