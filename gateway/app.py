@@ -49,7 +49,11 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
             settings=settings,
             upstreams=Upstreams(settings, metrics),
             image_urls=ImageUrlFetcher(
-                settings.image_url_allowlist, settings.image_url_timeout_s, settings.image_url_max_bytes
+                settings.image_url_allowlist,
+                settings.image_url_timeout_s,
+                settings.image_url_max_bytes,
+                request_max_bytes=settings.image_url_request_max_bytes,
+                request_timeout_s=settings.image_url_request_timeout_s,
             ),
             metrics=metrics,
             budget=budget,

@@ -40,7 +40,8 @@ class GatewayState:
 
     def context(self) -> Context:
         return Context(
-            self.settings.max_items_per_request, self.image_urls.fetch if self.image_urls.enabled else None
+            self.settings.max_items_per_request,
+            self.image_urls.for_request() if self.image_urls.enabled else None,
         )
 
 

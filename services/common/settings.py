@@ -132,7 +132,9 @@ class AudioSettings(EncoderSettings):
         "Empty: the packaged YAMNet (ONNX); else a .onnx file taking a waveform, or a transformers "
         "audio model directory or hub id (wav2vec2, HuBERT, CLAP, an audio classifier).",
     )
-    dtype: str = option("auto", "auto, float32, float16 or bfloat16 (transformers models); ONNX runs float32.")
+    dtype: str = option(
+        "auto", "auto, float32, float16 or bfloat16 (transformers models); ONNX runs float32."
+    )
     torch_threads: int = option(
         0, "Intra-op CPU threads of onnxruntime (and torch); 0: the CPUs this process may use."
     )
@@ -269,3 +271,9 @@ class GatewaySettings:
     )
     image_url_timeout_s: float = option(5.0, "Timeout of one image URL fetch.")
     image_url_max_bytes: int = option(16 * 1024 * 1024, "Largest image fetched by URL.")
+    image_url_request_max_bytes: int = option(
+        64 * 1024 * 1024, "Most bytes all image URLs of one request may fetch together."
+    )
+    image_url_request_timeout_s: float = option(
+        8.0, "Most wall-clock time all image URLs of one request may take together."
+    )

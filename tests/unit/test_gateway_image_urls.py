@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -41,7 +42,8 @@ def refusal(fetch: ImageUrlFetcher, url: str) -> str:
 @pytest.mark.parametrize(
     "address",
     ["127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1",
-     "224.0.0.1", "240.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"],
+     "224.0.0.1", "240.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+     "2002:7f00:1::1", "2002:a9fe:a9fe::1", "2001:0:4136:e378:8000:63bf:80ff:fffe"],
 )  # fmt: skip
 def test_non_public_addresses_are_refused(address: str) -> None:
     assert not is_public_address(address)
@@ -88,6 +90,17 @@ def test_empty_allow_list_disables_urls() -> None:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+        if self.path == "/slow":  # a trickle: every read gets a byte before a per-read timeout
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+            return
+        if self.path.startswith("/caf%C3%A9"):  # the non-ASCII path arrives percent-encoded
+            self.path = "/small"
         if self.path == "/redirect":
             self.send_response(302)
             self.send_header("Location", "http://169.254.169.254/latest/meta-data")
@@ -138,3 +151,45 @@ def test_gateway_route_uses_the_allow_list() -> None:
     response = client.post("/v1/embed/image", json={"images": ["http://127.0.0.1:8080/admin"]})
     assert response.status_code == 400
     assert "not in the image URL allow-list" in response.get_json()["error"]["message"]
+
+
+def test_a_slow_sender_cannot_stretch_the_time_budget(local_server: int) -> None:
+    fetch = ImageUrlFetcher(
+        "images.example.com", timeout_s=0.5, max_bytes=1000,
+        resolve=lambda _h, _p: ["127.0.0.1"], address_allowed=lambda _a: True,
+    )  # fmt: skip
+    began = time.monotonic()
+    with pytest.raises(ApiError) as raised:
+        fetch.fetch(f"http://images.example.com:{local_server}/slow", "images[0]")
+    assert "ran out of time" in raised.value.message
+    assert time.monotonic() - began < 1.5  # it used to take the whole 10 s trickle
+
+
+def test_a_requests_urls_share_one_byte_budget(local_server: int) -> None:
+    fetch = ImageUrlFetcher(
+        "images.example.com", timeout_s=2, max_bytes=1000, request_max_bytes=250,
+        resolve=lambda _h, _p: ["127.0.0.1"], address_allowed=lambda _a: True,
+    )  # fmt: skip
+    url = f"http://images.example.com:{local_server}/small"  # 100 bytes each
+    one_request = fetch.for_request()
+    assert one_request(url, "images[0]") == one_request(url, "images[1]") == b"x" * 100
+    with pytest.raises(ApiError) as raised:
+        one_request(url, "images[2]")  # 50 bytes left for a 100-byte image
+    assert "budget" in raised.value.message
+    assert fetch.for_request()(url, "images[0]") == b"x" * 100  # the next request has its own
+
+
+def test_a_non_ascii_path_is_sent_percent_encoded(local_server: int) -> None:
+    fetch = fetcher({"images.example.com": ["127.0.0.1"]}, address_allowed=lambda _a: True)
+    assert fetch.fetch(f"http://images.example.com:{local_server}/café.png", "x") == b"x" * 100
+
+
+def test_a_dns_lookup_that_hangs_is_refused_in_time() -> None:
+    def hanging(_host: str, _port: int) -> list[str]:
+        time.sleep(5)
+        return [PUBLIC]
+
+    fetch = ImageUrlFetcher("images.example.com", timeout_s=2, max_bytes=1000, resolve=hanging)
+    began = time.monotonic()
+    assert "does not resolve" in refusal(fetch, "https://images.example.com/a.png")
+    assert time.monotonic() - began < 3
