@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.errors import ApiError, from_rpc_error
 from gateway.metrics import GatewayMetrics
-from mmserve.v1 import fusion_pb2_grpc, text_pb2_grpc, vision_pb2_grpc
+from mmserve.v1 import audio_pb2_grpc, fusion_pb2_grpc, text_pb2_grpc, vision_pb2_grpc
 from services.common.channels import ChannelSecurity, create_channel
 from services.common.logs import REQUEST_ID_HEADER, request_id_var
 from services.common.settings import GatewaySettings
@@ -28,6 +28,7 @@ STUBS = {
     "text": text_pb2_grpc.TextEncoderServiceStub,
     "vision": vision_pb2_grpc.VisionEncoderServiceStub,
     "fusion": fusion_pb2_grpc.FusionServiceStub,
+    "audio": audio_pb2_grpc.AudioEncoderServiceStub,
 }
 BACKENDS = tuple(STUBS)  # the backends /readyz reports on, in this order
 # time.monotonic() by which the current request's upstream calls must be answered.
@@ -61,7 +62,10 @@ class Pending:
 class Upstreams:
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
         security = ChannelSecurity(
-            settings.tls_ca_file, settings.tls_client_cert_file, settings.tls_client_key_file
+            settings.tls_ca_file,
+            settings.tls_client_cert_file,
+            settings.tls_client_key_file,
+            settings.auth_token_file,
         )
         self._deadline_s = settings.deadline_s
         self._metrics = metrics
@@ -69,6 +73,7 @@ class Upstreams:
             "text": settings.text_address,
             "vision": settings.vision_address,
             "fusion": settings.fusion_address,
+            "audio": settings.audio_address,
         }
         self._backends: dict[str, _Backend] = {}
         for name, address in addresses.items():

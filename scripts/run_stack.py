@@ -1,6 +1,6 @@
-"""``make run``: the whole stack on this machine, in the foreground; Ctrl-C stops all four.
+"""``make run``: the whole stack on this machine, in the foreground; Ctrl-C stops all five.
 
-Starts text and vision (default real models), fusion (serving the heads in ./heads) and the
+Starts text, vision and audio (default real models), fusion (serving the heads in ./heads) and the
 gateway on the default ports, waits until /readyz answers, then prints where to call it. The
 fine-tuned text models ``make finetune-demo`` leaves in ./models (``ner``, ``classifier``) are
 served by the text service when they are there.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from scripts.stack import ROOT, start_stack
 
-DEFAULT_PORTS = {"text": 50051, "vision": 50052, "fusion": 50053, "gateway": 8080}
+DEFAULT_PORTS = {"text": 50051, "vision": 50052, "fusion": 50053, "audio": 50054, "gateway": 8080}
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:
@@ -60,11 +60,16 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     Path(args.heads_dir).mkdir(parents=True, exist_ok=True)
 
-    print("starting text, vision, fusion and gateway (logs in build/logs) ...", flush=True)
-    text_args = finetuned_model_args(Path(args.models_dir))
-    stack = start_stack(
-        ports=DEFAULT_PORTS, heads_dir=args.heads_dir, log_dir=log_dir, extra_args={"text": text_args}
-    )
+    print("starting text, vision, audio, fusion and gateway (logs in build/logs) ...", flush=True)
+    # Development: reflection on, so grpcurl can list and call the services (all on 127.0.0.1).
+    dev = ["--reflection", "true"]
+    extra_args = {
+        "text": [*dev, *finetuned_model_args(Path(args.models_dir))],
+        "vision": dev,
+        "audio": dev,
+        "fusion": dev,
+    }
+    stack = start_stack(ports=DEFAULT_PORTS, heads_dir=args.heads_dir, log_dir=log_dir, extra_args=extra_args)
     # Ctrl-C reaches the whole process group; SIGTERM (e.g. from a supervisor) stops us the same way.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -75,7 +80,7 @@ def main() -> None:
             f"  (docs: http://localhost:{DEFAULT_PORTS['gateway']}/docs)\n\n"
             f"  curl -s localhost:{DEFAULT_PORTS['gateway']}/v1/embeddings "
             f"-H 'Content-Type: application/json' -d '{body}'\n\n"
-            "Ctrl-C stops all four services.",
+            "Ctrl-C stops all five services.",
             flush=True,
         )
         while all(s.process.poll() is None for s in stack.services):

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = {
     "text": "services.text",
     "vision": "services.vision",
+    "audio": "services.audio",
     "fusion": "services.fusion",
     "gateway": "gateway",
 }
@@ -161,20 +162,21 @@ def start_service(
     timeout_s: float = 180.0,
     module: str = "",
     credentials: grpc.ChannelCredentials | None = None,
-    host: str = "",
+    host: str = "127.0.0.1",
 ) -> ServiceProcess:
-    """Starts one service on free ports (unless given) and, by default, waits until it serves."""
+    """Starts one service on free ports (unless given) and, by default, waits until it serves.
+    It listens on ``host`` only: loopback unless told otherwise, never every interface."""
     port = port or free_port()
     metrics_port = None if kind == "gateway" else free_port()
-    full_args = ["--port", str(port)] + (["--host", host] if host else [])
+    full_args = ["--port", str(port), "--host", host]
     if metrics_port is not None:
         full_args += ["--metrics-port", str(metrics_port)]
     full_args += list(args)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="mmserve-logs-"))
     service = ServiceProcess(
-        kind, port, metrics_port, full_args, full_env, log_dir / f"{kind}-{host or 'local'}-{port}.log", module,
-        credentials, host=host or "127.0.0.1",
+        kind, port, metrics_port, full_args, full_env, log_dir / f"{kind}-{host}-{port}.log", module,
+        credentials, host=host,
     ).spawn()  # fmt: skip
     if wait:
         try:
@@ -187,16 +189,18 @@ def start_service(
 
 @dataclass
 class Stack:
-    """The four services wired together."""
+    """The five services wired together (stacks built by hand may leave audio out)."""
 
     text: ServiceProcess
     vision: ServiceProcess
     fusion: ServiceProcess
     gateway: ServiceProcess
+    audio: ServiceProcess | None = None
 
     @property
     def services(self) -> list[ServiceProcess]:
-        return [self.gateway, self.fusion, self.vision, self.text]
+        encoders = [self.vision, self.text] if self.audio is None else [self.audio, self.vision, self.text]
+        return [self.gateway, self.fusion, *encoders]
 
     def stop(self) -> None:
         for service in self.services:
@@ -213,7 +217,7 @@ def start_stack(
     timeout_s: float = 300.0,
     modules: Mapping[str, str] | None = None,
 ) -> Stack:
-    """Starts text and vision (loading in parallel), then fusion, then the gateway."""
+    """Starts text, vision and audio (loading in parallel), then fusion, then the gateway."""
     ports = ports or {}
     extra_args = extra_args or {}
     started: list[ServiceProcess] = []
@@ -235,8 +239,10 @@ def start_stack(
     try:
         text = launch("text", [], wait=False)
         vision = launch("vision", [], wait=False)
+        audio = launch("audio", [], wait=False)
         text.wait_ready(timeout_s)
         vision.wait_ready(timeout_s)
+        audio.wait_ready(timeout_s)
         fusion_args = ["--text-address", text.address, "--vision-address", vision.address]
         if heads_dir is not None:
             fusion_args += ["--heads-dir", heads_dir]
@@ -250,6 +256,8 @@ def start_stack(
                 text.address,
                 "--vision-address",
                 vision.address,
+                "--audio-address",
+                audio.address,
             ],  # fmt: skip
             wait=True,
         )
@@ -257,4 +265,4 @@ def start_stack(
         for service in reversed(started):
             service.kill()
         raise
-    return Stack(text, vision, fusion, gateway)
+    return Stack(text, vision, fusion, gateway, audio)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 
+from services.common.call_auth import AioTokenClientInterceptor, TokenClientInterceptor, read_token
+
 DNS_MIN_RERESOLUTION_MS = 5_000
 
 
@@ -45,10 +47,14 @@ class ChannelSecurity:
     ca_file: str = ""
     client_cert_file: str = ""
     client_key_file: str = ""
+    token_file: str = ""  # this component's caller token (services.common.call_auth)
 
     @property
     def enabled(self) -> bool:
         return bool(self.ca_file)
+
+    def token(self) -> str:
+        return read_token(self.token_file) if self.token_file else ""
 
     def credentials(self) -> grpc.ChannelCredentials:
         cert = Path(self.client_cert_file).read_bytes() if self.client_cert_file else None
@@ -84,8 +90,11 @@ def create_channel(
     """A synchronous channel (the gateway's threads)."""
     options = channel_options(retry_backoff_ms)
     if security is not None and security.enabled:
-        return grpc.secure_channel(target, security.credentials(), options=options)
-    return grpc.insecure_channel(target, options=options)
+        channel = grpc.secure_channel(target, security.credentials(), options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
+    token = security.token() if security is not None else ""
+    return grpc.intercept_channel(channel, TokenClientInterceptor(token)) if token else channel
 
 
 def create_aio_channel(
@@ -93,6 +102,10 @@ def create_aio_channel(
 ) -> grpc.aio.Channel:
     """An asyncio channel (the fusion service's downstream calls)."""
     options = channel_options(retry_backoff_ms)
+    token = security.token() if security is not None else ""
+    interceptors = [AioTokenClientInterceptor(token)] if token else None
     if security is not None and security.enabled:
-        return grpc.aio.secure_channel(target, security.credentials(), options=options)
-    return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(
+            target, security.credentials(), options=options, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.call_auth import CallerAuthInterceptor, CallerTokens
 from services.common.errors import MmserveError
 from services.common.logs import REQUEST_ID_HEADER, request_id_var, sanitize_request_id
 from services.common.metrics import ServiceMetrics, start_metrics_server
@@ -155,8 +156,11 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 def create_server(settings: ServerSettings, service: Service, metrics: ServiceMetrics) -> RunningServer:
     """Builds the server with the service, health and reflection, bound to settings.host:port."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [_ErrorsAndMetricsInterceptor(metrics)]
+    if settings.auth_tokens_file:  # first: an unknown caller is refused before anything runs
+        interceptors.insert(0, CallerAuthInterceptor(CallerTokens(settings.auth_tokens_file)))
     server = grpc.aio.server(
-        interceptors=[_ErrorsAndMetricsInterceptor(metrics)],
+        interceptors=interceptors,
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
@@ -164,7 +168,8 @@ def create_server(settings: ServerSettings, service: Service, metrics: ServiceMe
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+    if settings.reflection:
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
     address = f"{settings.host}:{settings.port}"
     credentials = _server_credentials(settings)
     if credentials is None:

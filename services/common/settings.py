@@ -38,6 +38,12 @@ class ServerSettings:
     tls_cert_file: str = option("", "PEM server certificate; enables TLS with tls_key_file.")
     tls_key_file: str = option("", "PEM private key of tls_cert_file.")
     tls_client_ca_file: str = option("", "PEM CA bundle; when set, clients must present a cert (mTLS).")
+    auth_tokens_file: str = option(
+        "",
+        "File of caller tokens, one '<caller> <token>' per line; when set, every call but health checks "
+        "must present one ('authorization: Bearer <token>'). Re-read when it changes.",
+    )
+    reflection: bool = option(False, "Serve gRPC server reflection (for grpcurl in development).")
     max_connection_age_s: float = option(
         30.0,
         "Close each client connection gracefully (GOAWAY) after about this long, so clients re-resolve "
@@ -139,8 +145,8 @@ class AudioSettings(EncoderSettings):
         0, "Intra-op CPU threads of onnxruntime (and torch); 0: the CPUs this process may use."
     )
     max_batch_size: int = option(64, "Most segments (YAMNet: 0.96 s patches) in one forward pass.")
-    max_queue_size: int = option(8192, "Most segments waiting; more are refused with RESOURCE_EXHAUSTED.")
-    max_items_per_request: int = option(16, "Most clips in one request.")
+    max_queue_size: int = option(16384, "Most segments waiting; more are refused with RESOURCE_EXHAUSTED.")
+    max_items_per_request: int = option(8, "Most clips in one request.")
     max_audio_bytes: int = option(32 * 1024 * 1024, "Largest accepted encoded clip in bytes.")
     max_audio_seconds: float = option(600.0, "Longest accepted clip in seconds (declared and decoded).")
     min_sample_rate_hz: int = option(4000, "Lowest accepted sample rate of an encoded clip.")
@@ -173,6 +179,7 @@ class FusionSettings(ServerSettings):
     tls_ca_file: str = option("", "PEM CA bundle to verify the encoders' certificates; enables TLS to them.")
     tls_client_cert_file: str = option("", "PEM client certificate presented to the encoders (mTLS).")
     tls_client_key_file: str = option("", "PEM private key of tls_client_cert_file.")
+    auth_token_file: str = option("", "File holding fusion's caller token, presented to the encoders.")
 
 
 def env_name(cls: type, field_name: str) -> str:
@@ -266,6 +273,7 @@ class GatewaySettings:
     tls_ca_file: str = option("", "PEM CA bundle to verify the backends' certificates; enables TLS to them.")
     tls_client_cert_file: str = option("", "PEM client certificate presented to the backends (mTLS).")
     tls_client_key_file: str = option("", "PEM private key of tls_client_cert_file.")
+    auth_token_file: str = option("", "File holding the gateway's caller token, presented to the services.")
     image_url_allowlist: str = option(
         "", "Comma-separated hosts images may be fetched from by URL; empty disables URL fetching."
     )

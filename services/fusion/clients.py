@@ -162,7 +162,10 @@ class EncoderClients:
 
     def __init__(self, settings: FusionSettings) -> None:
         security = ChannelSecurity(
-            settings.tls_ca_file, settings.tls_client_cert_file, settings.tls_client_key_file
+            settings.tls_ca_file,
+            settings.tls_client_cert_file,
+            settings.tls_client_key_file,
+            settings.auth_token_file,
         )
         text_channel = create_aio_channel(settings.text_address, security)
         vision_channel = create_aio_channel(settings.vision_address, security)

@@ -176,13 +176,13 @@ def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(log_dir) -> None:
         service.stop()
 
 
-def test_reflection_and_named_health_are_served(text_service: ServiceProcess) -> None:
+def test_named_health_is_served_and_reflection_is_off_by_default(text_service: ServiceProcess) -> None:
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-    with grpc.insecure_channel(text_service.address) as channel:
-        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
-    assert {"mmserve.v1.TextEncoderService", "grpc.health.v1.Health"} <= services
     assert health_status(text_service.address, "mmserve.v1.TextEncoderService") == 1
+    with grpc.insecure_channel(text_service.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_ner_work_per_request_is_bounded(stub) -> None:

@@ -131,6 +131,24 @@ app.kubernetes.io/part-of: mmserve
 {{- if or .Values.gateway.auth.existingSecret .Values.gateway.auth.apiKeys }}true{{ end }}
 {{- end }}
 
+{{- define "mmserve.serviceTokensSecretName" -}}
+{{- default (printf "%s-service-tokens" (include "mmserve.fullname" .)) .Values.serviceAuth.existingSecret }}
+{{- end }}
+
+{{/*
+Which files of the service-tokens Secret a component mounts (least privilege): the services
+the callers list, each caller its own token; the gateway never sees fusion's token.
+*/}}
+{{- define "mmserve.serviceTokenFiles" -}}
+{{- $facts := include "mmserve.component" . | fromYaml }}
+{{- if $facts.grpc }}
+- callers
+{{- end }}
+{{- if or (eq .component "fusion") (eq .component "gateway") }}
+- {{ .component }}.token
+{{- end }}
+{{- end }}
+
 {{/* PVC name of the model volume. */}}
 {{- define "mmserve.modelsClaimName" -}}
 {{- default (printf "%s-models" (include "mmserve.fullname" .)) .Values.modelStorage.pvc.existingClaim }}
@@ -181,6 +199,17 @@ not repeat these names (the template fails instead of emitting duplicates).
 # Keys are configured: an empty Secret value must stop the gateway, not turn auth off.
 {{ $p }}REQUIRE_API_KEYS:
   value: "true"
+{{- end }}
+{{- end }}
+{{- if $root.Values.serviceAuth.enabled }}
+{{- $auth := $root.Values.serviceAuth.mountPath }}
+{{- if $facts.grpc }}
+{{ $p }}AUTH_TOKENS_FILE:
+  value: {{ printf "%s/callers" $auth | quote }}
+{{- end }}
+{{- if or (eq $c "fusion") (eq $c "gateway") }}
+{{ $p }}AUTH_TOKEN_FILE:
+  value: {{ printf "%s/%s.token" $auth $c | quote }}
 {{- end }}
 {{- end }}
 {{- if $tls.enabled }}
