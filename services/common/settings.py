@@ -95,9 +95,11 @@ class TextSettings(EncoderSettings):
         "",
         "NER model: local dir or hub id of a token-classification model; empty means the packaged spaCy pipeline.",
     )
+    ner_revision: str = option("", "Hub revision (commit, tag) of ner_model when it is a hub id.")
     classifier_model: str = option(
         "", "Text classifier: local dir or hub id of a sequence-classification model; empty serves none."
     )
+    classifier_revision: str = option("", "Hub revision of classifier_model when it is a hub id.")
     top_k: int = option(5, "Default number of labels ClassifyText returns.")
 
 

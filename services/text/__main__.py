@@ -23,10 +23,12 @@ def main(argv: list[str] | None = None, embedder_factory: type[TextEmbedder] = T
     embedder = embedder_factory(
         settings.model, settings.revision, settings.pooling, settings.device, settings.dtype
     )
-    ner = create_ner(settings.ner_model, "", settings.device, settings.dtype)
+    ner = create_ner(settings.ner_model, settings.ner_revision, settings.device, settings.dtype)
     classifier = None
     if settings.classifier_model:
-        classifier = TextClassifier(settings.classifier_model, "", settings.device, settings.dtype)
+        classifier = TextClassifier(
+            settings.classifier_model, settings.classifier_revision, settings.device, settings.dtype
+        )
     metrics = ServiceMetrics()
     service = TextService(settings, metrics, embedder, ner, classifier)
     asyncio.run(serve(settings, service, metrics, "text"))

@@ -98,3 +98,39 @@ def test_default_images_are_cpu_and_tagged_with_the_app_version() -> None:
     assert images["gateway"].endswith(f"mmserve-gateway:{app_version}")
     for name in ("text", "vision", "fusion"):
         assert images[name].endswith(f"mmserve-model:{app_version}-cpu")
+
+
+def test_egress_is_restricted_by_default_and_never_reaches_the_metadata_endpoint() -> None:
+    import ipaddress
+
+    policies = [p for p in by_kind(render(), "NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]
+    assert {p["metadata"]["name"].rsplit("-", 1)[-1] for p in policies} >= {"text", "vision", "fusion", "gateway"}
+    metadata = ipaddress.ip_address("169.254.169.254")
+    for policy in policies:
+        for rule in policy["spec"]["egress"]:
+            for peer in rule.get("to", []):
+                block = peer.get("ipBlock")
+                if block is None:
+                    continue
+                excepted = [ipaddress.ip_network(c) for c in block.get("except", [])]
+                if metadata in ipaddress.ip_network(block["cidr"]):
+                    assert any(metadata in net for net in excepted), policy["metadata"]["name"]
+                assert any(ipaddress.ip_address("10.0.0.1") in net for net in excepted)
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("gateway.service.type=LoadBalancer",), "without API keys"),
+        (("gateway.ingress.enabled=true", "gateway.auth.apiKeys[0]=k"), "has no tls"),
+        (("gateway.service.type=NodePort",), "without API keys"),
+    ],
+)
+def test_a_public_gateway_without_keys_or_tls_does_not_render(sets: tuple[str, ...], message: str) -> None:
+    from chart_helpers import CHART, helm
+
+    args = ["template", "rel", str(CHART)] + [a for s in sets for a in ("--set", s)]
+    failed = helm(*args, check=False)
+    assert failed.returncode != 0 and message in failed.stderr
+    opted_out = helm(*args, "--set", "gateway.allowPublicWithoutProtection=true", check=False)
+    assert opted_out.returncode == 0, opted_out.stderr

@@ -21,6 +21,15 @@
 {{- if and $v.gateway.auth.apiKeys $v.gateway.auth.existingSecret }}
 {{- fail "set gateway.auth.apiKeys or gateway.auth.existingSecret, not both" }}
 {{- end }}
+{{- $public := or $v.gateway.ingress.enabled (has $v.gateway.service.type (list "LoadBalancer" "NodePort")) }}
+{{- if and $public (not $v.gateway.allowPublicWithoutProtection) }}
+{{- if not (or $v.gateway.auth.apiKeys $v.gateway.auth.existingSecret) }}
+{{- fail "the gateway is exposed (an Ingress, or a LoadBalancer/NodePort Service) without API keys: set gateway.auth.existingSecret, or gateway.allowPublicWithoutProtection=true if something in front authenticates" }}
+{{- end }}
+{{- if and $v.gateway.ingress.enabled (not $v.gateway.ingress.tls) }}
+{{- fail "gateway.ingress has no tls: set gateway.ingress.tls, or gateway.allowPublicWithoutProtection=true if TLS ends in front of the Ingress" }}
+{{- end }}
+{{- end }}
 {{- if $v.tls.enabled }}
 {{- if not $v.tls.existingSecret }}
 {{- fail "tls.existingSecret is required when tls.enabled (tls.crt, tls.key, ca.crt)" }}
