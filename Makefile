@@ -37,6 +37,7 @@ bench: venv
 	$(PY) -m bench.encoders
 	$(PY) -m bench.fusion
 	$(PY) -m bench.gateway
+	$(PY) -m bench.mixed
 
 lint: venv
 	$(PY) -m ruff check .
@@ -57,3 +58,9 @@ helm-check: tools
 
 clean:
 	rm -rf $(VENV) mmserve .tools .pytest_cache
+
+.PHONY: finetune-demo
+# Fine-tunes all-MiniLM-L6-v2 offline on WNUT-16 NER and BBC News topics into ./models.
+finetune-demo: venv
+	$(PY) -m training.finetune.demo ner --out models/ner
+	$(PY) -m training.finetune.demo classify --out models/classifier

@@ -162,3 +162,16 @@ def test_heads_from_a_configmap_land_where_fusion_looks() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     names = schema["properties"]["fusion"]["properties"]["heads"]["properties"]["names"]
     assert names["items"]["pattern"] == heads["_NAME_RE"], "head names the chart accepts differ from fusion's"
+
+
+def test_connection_age_reaches_every_grpc_server() -> None:
+    from chart_helpers import pod_specs, render
+
+    specs = {
+        name.rsplit("-", 1)[-1]: spec
+        for name, spec in pod_specs(render(None, "1.33.0", "grpc.maxConnectionAgeSeconds=45"))
+    }
+    for name in ("text", "vision", "fusion"):
+        env = {e["name"]: e.get("value") for e in specs[name]["containers"][0]["env"]}
+        assert env[f"MMSERVE_{name.upper()}_MAX_CONNECTION_AGE_S"] == "45"
+        assert env[f"MMSERVE_{name.upper()}_MAX_CONNECTION_AGE_GRACE_S"] == "15"

@@ -201,6 +201,12 @@ not repeat these names (the template fails instead of emitting duplicates).
   value: "true"
 {{- end }}
 {{- end }}
+{{- if $facts.grpc }}
+{{ $p }}MAX_CONNECTION_AGE_S:
+  value: {{ $root.Values.grpc.maxConnectionAgeSeconds | quote }}
+{{ $p }}MAX_CONNECTION_AGE_GRACE_S:
+  value: {{ $root.Values.grpc.maxConnectionAgeGraceSeconds | quote }}
+{{- end }}
 {{- if $root.Values.serviceAuth.enabled }}
 {{- $auth := $root.Values.serviceAuth.mountPath }}
 {{- if $facts.grpc }}
