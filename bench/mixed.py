@@ -18,15 +18,15 @@ from bench.load import LoadResult, print_table
 from scripts.stack import ServiceProcess, start_service
 
 # name -> environment of every service process.
-SETUPS: dict[str, dict[str, str]] = {
-    "spin (OpenMP default)": {},
+SETUPS: dict[str, dict[str, str | None]] = {
+    "spin (OpenMP default)": {"OMP_WAIT_POLICY": None},  # None: unset
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
     "short spin (GOMP_SPINCOUNT=10000)": {"GOMP_SPINCOUNT": "10000"},
 }
 TEXT_ROUTE, IMAGE_ROUTE = "/v1/embed/text", "/v1/embed/image"
 
 
-def start_encoders_and_gateway(env: dict[str, str], log_dir: Path) -> list[ServiceProcess]:
+def start_encoders_and_gateway(env: dict[str, str | None], log_dir: Path) -> list[ServiceProcess]:
     """Text and vision with ``env``, loading in parallel, and a gateway in front (no fusion)."""
     encoders = [start_service(kind, env=env, log_dir=log_dir, wait=False) for kind in ("text", "vision")]
     for encoder in encoders:
@@ -37,7 +37,7 @@ def start_encoders_and_gateway(env: dict[str, str], log_dir: Path) -> list[Servi
     return [start_service("gateway", args=addresses, log_dir=log_dir), *encoders]
 
 
-def measure_setup(env: dict[str, str], text_requests: int, log_dir: Path) -> dict[str, LoadResult]:
+def measure_setup(env: dict[str, str | None], text_requests: int, log_dir: Path) -> dict[str, LoadResult]:
     services = start_encoders_and_gateway(env, log_dir)
     gateway = services[0]
     text_url, image_url = gateway.url + TEXT_ROUTE, gateway.url + IMAGE_ROUTE

@@ -155,7 +155,7 @@ def start_service(
     kind: str,
     *,
     args: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     port: int | None = None,
     log_dir: Path | None = None,
     wait: bool = True,
@@ -172,7 +172,17 @@ def start_service(
     if metrics_port is not None:
         full_args += ["--metrics-port", str(metrics_port)]
     full_args += list(args)
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    # OpenMP threads sleep when idle unless the caller says otherwise: the services share these
+    # cores, and spinning threads of one starve the others (bench/mixed.py measures it).
+    defaults = {"OMP_WAIT_POLICY": "PASSIVE"}
+    merged = {
+        **defaults,
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **(env or {}),
+    }
+    full_env = {name: value for name, value in merged.items() if value is not None}  # None: unset it
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="mmserve-logs-"))
     service = ServiceProcess(
         kind, port, metrics_port, full_args, full_env, log_dir / f"{kind}-{host}-{port}.log", module,
@@ -211,7 +221,7 @@ def start_stack(
     *,
     ports: Mapping[str, int] | None = None,
     extra_args: Mapping[str, Sequence[str]] | None = None,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     heads_dir: str | None = None,
     log_dir: Path | None = None,
     timeout_s: float = 300.0,
