@@ -1,7 +1,9 @@
 """Encoder benchmark: items/s and p50/p99 through gRPC at concurrency 1, 8, 32, next to the
 in-process forward throughput at the same batch sizes, measured in the same run.
 
-    python -m bench.encoders [--requests 400] [--only text|vision]
+    python -m bench.encoders [--requests 400] [--only text|vision|audio]
+
+Audio items are 2 s clips (44.1 kHz stereo WAV: decoded, mixed, resampled, 4 YAMNet patches each).
 """
 
 from __future__ import annotations
@@ -14,8 +16,15 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from bench.load import measure_in_process, print_table, run_load, text_forward, vision_forward
-from mmserve.v1 import text_pb2, text_pb2_grpc, vision_pb2, vision_pb2_grpc
+from bench.load import (
+    audio_forward,
+    measure_in_process,
+    print_table,
+    run_load,
+    text_forward,
+    vision_forward,
+)
+from mmserve.v1 import audio_pb2, audio_pb2_grpc, text_pb2, text_pb2_grpc, vision_pb2, vision_pb2_grpc
 from scripts.stack import start_service
 
 CONCURRENCIES = (1, 8, 32)
@@ -43,11 +52,29 @@ def sample_images(count: int = 8, side: int = 256) -> list[bytes]:
     return images
 
 
+def sample_clips(count: int = 8, seconds: float = 2.0, rate: int = 44_100) -> list[bytes]:
+    """Different 2 s stereo clips: tones over noise, as 16-bit WAV."""
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * rate)) / rate
+    clips = []
+    for i in range(count):
+        left = 0.4 * np.sin(2 * np.pi * (220 * (i + 1)) * t) + 0.05 * rng.standard_normal(t.size)
+        buffer = io.BytesIO()
+        soundfile.write(buffer, np.stack([left, 0.8 * left], -1), rate, format="WAV", subtype="PCM_16")
+        clips.append(buffer.getvalue())
+    return clips
+
+
 async def bench_service(kind: str, address: str, requests: int, payloads: list) -> list:
     async with grpc.aio.insecure_channel(address) as channel:
         if kind == "text":
             stub = text_pb2_grpc.TextEncoderServiceStub(channel)
             messages = [text_pb2.EmbedTextRequest(texts=[p]) for p in payloads]
+        elif kind == "audio":
+            stub = audio_pb2_grpc.AudioEncoderServiceStub(channel)
+            messages = [audio_pb2.EmbedAudioRequest(clips=[p]) for p in payloads]
         else:
             stub = vision_pb2_grpc.VisionEncoderServiceStub(channel)
             messages = [vision_pb2.EmbedImageRequest(images=[p]) for p in payloads]
@@ -85,23 +112,20 @@ def report(kind: str, results: list, baselines: dict[int, float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=600)
-    parser.add_argument("--only", choices=("text", "vision"))
+    parser.add_argument("--only", choices=("text", "vision", "audio"))
     args = parser.parse_args()
-    images = sample_images()
-    for kind in ("text", "vision"):
+    inputs = {"text": SENTENCES, "vision": sample_images(), "audio": sample_clips()}
+    forwards = {"text": text_forward, "vision": vision_forward, "audio": audio_forward}
+    for kind in ("text", "vision", "audio"):
         if args.only and kind != args.only:
             continue
         requests = args.requests if kind == "text" else max(args.requests // 3, 100)
         service = start_service(kind)
         try:
             # The baseline runs while the service is idle, so neither slows the other.
-            if kind == "text":
-                forward = text_forward()
-                baselines = {c: measure_in_process(forward, SENTENCES, c) for c in CONCURRENCIES}
-            else:
-                forward = vision_forward()
-                baselines = {c: measure_in_process(forward, images, c) for c in CONCURRENCIES}
-            payloads = SENTENCES if kind == "text" else images
+            forward = forwards[kind]()
+            payloads = inputs[kind]
+            baselines = {c: measure_in_process(forward, payloads, c) for c in CONCURRENCIES}
             results = asyncio.run(bench_service(kind, service.address, requests, payloads))
         finally:
             service.stop()

@@ -115,3 +115,18 @@ def vision_forward() -> Callable[[Sequence[bytes]], object]:
     model.load()
     limits = ImageLimits.from_settings(settings)
     return lambda images: model.embed(prepare_batch(images, limits, model.transform))
+
+
+def audio_forward() -> Callable[[Sequence[bytes]], object]:
+    """The default audio model in this process, from encoded clips, as the service prepares them
+    (decoding, resampling and the log-mel front end count, as they do in every path measured)."""
+    from services.audio.backend import create_model
+    from services.audio.decoding import AudioLimits
+    from services.audio.pipeline import embed_in_process
+    from services.common.settings import AudioSettings
+
+    settings = AudioSettings()
+    model = create_model(settings)
+    model.load()
+    limits = AudioLimits.from_settings(settings)
+    return lambda clips: embed_in_process(model, clips, limits)

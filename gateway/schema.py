@@ -136,6 +136,56 @@ class Integer(Field):
 
 
 @dataclass(frozen=True)
+class Number(Field):
+    """A finite number in [low, high] (integers accepted); missing or null is the default."""
+
+    low: float
+    high: float
+    default: float | None = None
+    description: str = ""
+
+    def parse(self, value: Any, where: str, ctx: Context) -> float | None:
+        if value is None:
+            return self.default
+        if ctx.form and isinstance(value, str):  # form fields are strings
+            try:
+                value = float(value)
+            except ValueError:
+                raise invalid(f"'{where}' must be a number") from None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise invalid(f"'{where}' must be a number")
+        if not self.low <= value <= self.high:
+            raise invalid(f"'{where}' must be between {self.low:g} and {self.high:g}")
+        return float(value)
+
+    def openapi(self, max_items: int) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "number", "minimum": self.low, "maximum": self.high}
+        if self.default is not None:
+            schema["default"] = self.default
+        return self._documented(schema)
+
+
+@dataclass(frozen=True)
+class Boolean(Field):
+    """true or false; missing or null is the default (form fields: true/false, 1/0)."""
+
+    default: bool = False
+    description: str = ""
+
+    def parse(self, value: Any, where: str, ctx: Context) -> bool:
+        if value is None:
+            return self.default
+        if ctx.form and isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+            return value.strip().lower() in ("true", "1")
+        if not isinstance(value, bool):
+            raise invalid(f"'{where}' must be true or false")
+        return value
+
+    def openapi(self, max_items: int) -> dict[str, Any]:
+        return self._documented({"type": "boolean", "default": self.default})
+
+
+@dataclass(frozen=True)
 class Image(Field):
     """An encoded image file: base64, a base64 data URL, or an allow-listed http(s) URL."""
 
@@ -157,22 +207,63 @@ class Image(Field):
             if ctx.fetch_url is None:
                 raise invalid(f"'{where}': image URLs are disabled; send the image as base64 or a data URL")
             return ctx.fetch_url(text, where)
-        if text.startswith("data:"):
-            header, _, text = text.partition(",")
-            if not header.endswith(";base64"):
-                raise invalid(f"'{where}': only base64 data URLs are supported")
-        if "\n" in text:  # line-wrapped base64 (the `base64` tool wraps at 76 columns by default)
-            text = text.replace("\r", "").replace("\n", "")
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise invalid(f"'{where}' is not valid base64") from None
-        if not data:
-            raise invalid(f"'{where}' is empty")
-        return data
+        return decode_base64(text, where)
 
     def openapi(self, max_items: int) -> dict[str, Any]:
         return self._documented({"type": "string", "minLength": 1})
+
+
+def decode_base64(text: str, where: str) -> bytes:
+    """A file sent as base64 or a base64 data URL (line-wrapped base64 too) -> its bytes."""
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise invalid(f"'{where}': only base64 data URLs are supported")
+    if "\n" in text:  # line-wrapped base64 (the `base64` tool wraps at 76 columns by default)
+        text = text.replace("\r", "").replace("\n", "")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(f"'{where}' is not valid base64") from None
+    if not data:
+        raise invalid(f"'{where}' is empty")
+    return data
+
+
+@dataclass(frozen=True)
+class EncodedFile(Field):
+    """An encoded media file (audio, video) as base64 or a base64 data URL, or an uploaded file;
+    never fetched by URL. ``max_bytes`` is the decoded size the backend accepts (checked here too,
+    so an oversized file is refused before it travels)."""
+
+    noun: str
+    max_bytes: int
+    description: str = ""
+    plural = "files (base64 strings or data URLs)"
+
+    def parse(self, value: Any, where: str, ctx: Context) -> bytes:
+        if ctx.form and isinstance(value, bytes):  # an uploaded file, already raw
+            data = value
+            if not data:
+                raise invalid(f"'{where}' is an empty file")
+        elif isinstance(value, str):
+            text = value.strip()
+            if text[:8].lower().startswith(("http://", "https://")):
+                raise invalid(
+                    f"'{where}': {self.noun} URLs are not fetched; send the file as base64 or a data URL"
+                )
+            data = decode_base64(text, where)
+        else:
+            raise invalid(f"'{where}' must be a base64 string or a data URL")
+        if len(data) > self.max_bytes:
+            raise invalid(f"'{where}' is {len(data)} bytes; the {self.noun} limit is {self.max_bytes} bytes")
+        return data
+
+    def openapi(self, max_items: int) -> dict[str, Any]:
+        # base64 takes 4 characters per 3 bytes; a data URL header adds a few more.
+        return self._documented(
+            {"type": "string", "minLength": 1, "maxLength": -(-self.max_bytes // 3) * 4 + 64}
+        )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import sys
 
 from scripts.stack import ROOT
 from services.common.settings import (
+    AudioSettings,
     FusionSettings,
     GatewaySettings,
     TextSettings,
@@ -24,6 +25,7 @@ END = "<!-- config-table:end -->"
 SERVICES = (
     ("Text encoder", TextSettings),
     ("Vision encoder", VisionSettings),
+    ("Audio encoder", AudioSettings),
     ("Fusion", FusionSettings),
     ("Gateway", GatewaySettings),
 )

@@ -49,6 +49,13 @@ def vision_service(log_dir: Path) -> Iterator[ServiceProcess]:
 
 
 @pytest.fixture(scope="session")
+def audio_service(log_dir: Path) -> Iterator[ServiceProcess]:
+    service = start_service("audio", log_dir=log_dir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
 def fusion_service(
     text_service: ServiceProcess, vision_service: ServiceProcess, heads_dir: Path, log_dir: Path
 ) -> Iterator[ServiceProcess]:
@@ -75,6 +82,7 @@ def gateway_service(
     text_service: ServiceProcess,
     vision_service: ServiceProcess,
     fusion_service: ServiceProcess,
+    audio_service: ServiceProcess,
     log_dir: Path,
 ) -> Iterator[ServiceProcess]:
     service = start_service(
@@ -86,6 +94,8 @@ def gateway_service(
             text_service.address,
             "--vision-address",
             vision_service.address,
+            "--audio-address",
+            audio_service.address,
         ],  # fmt: skip
         log_dir=log_dir,
     )

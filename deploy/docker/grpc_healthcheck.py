@@ -1,7 +1,7 @@
 """Docker HEALTHCHECK of the model image: healthy when the service in it reports SERVING.
 
-One image runs text, vision or fusion, so this asks the standard grpc.health.v1 service on each
-of their ports (MMSERVE_<SERVICE>_PORT, default 50051/50052/50053); only the running one answers.
+One image runs text, vision, audio or fusion, so this asks the standard grpc.health.v1 service on
+each of their ports (MMSERVE_<SERVICE>_PORT, default 50051-50054); only the running one answers.
 Plain-text gRPC only; Kubernetes ignores HEALTHCHECK and uses the chart's probes instead.
 """
 
@@ -11,7 +11,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-_SERVICES = (("TEXT", 50051), ("VISION", 50052), ("FUSION", 50053))
+_SERVICES = (("TEXT", 50051), ("VISION", 50052), ("FUSION", 50053), ("AUDIO", 50054))
 
 
 def serving(port: str) -> bool:

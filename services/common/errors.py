@@ -59,3 +59,10 @@ class UpstreamError(MmserveError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def decoder_message(exc: Exception) -> str:
+    """A media decoder's own words for a failure, without file objects or errno numbers in them."""
+    # libsndfile's errors (soundfile) carry error_string; FFmpeg's (PyAV) carry strerror.
+    text = getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)
+    return str(text) or type(exc).__name__

@@ -126,6 +126,11 @@ class VisionSettings(EncoderSettings):
     max_video_frame_pixels: int = option(
         8_294_400, "Largest accepted frame width x height (3840x2160), checked before decoding."
     )
+    max_video_decoded_pixels: int = option(
+        2_000_000_000,
+        "Most pixels decoded to reach one video's sampled frames (frames decoded x frame size), planned "
+        "from keyframes before decoding; about 10 s of one core.",
+    )
     video_frames: int = option(8, "Frames EmbedVideo samples per video when the request names no sampling.")
 
 

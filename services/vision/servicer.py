@@ -23,10 +23,12 @@ from services.common.encoder_service import EncoderService, check_item_count, la
 from services.common.errors import FailedPrecondition
 from services.common.matrix import to_matrix
 from services.common.metrics import ServiceMetrics
+from services.common.pooling import mean_pooled
 from services.common.settings import VisionSettings
 from services.vision.backend import ImageClassification, ImageEmbedding, VisionModel
 from services.vision.decoding import ImageLimits
 from services.vision.preprocessing import prepare_batch
+from services.vision.video import Sampling, VideoLimits, prepare_videos
 
 
 def warmup_image() -> bytes:
@@ -54,6 +56,7 @@ class VisionService(EncoderService, vision_pb2_grpc.VisionEncoderServiceServicer
         self._vision_settings = settings
         self._model = model
         self._limits = ImageLimits.from_settings(settings)
+        self._video_limits = VideoLimits.from_settings(settings)
         self._decode_pool = ThreadPoolExecutor(
             max(1, settings.decode_threads), thread_name_prefix="image-decode"
         )
@@ -84,6 +87,37 @@ class VisionService(EncoderService, vision_pb2_grpc.VisionEncoderServiceServicer
         prepared = await self._prepare(request.images)
         vectors = await self.run("embed", prepared, context.time_remaining())
         return vision_pb2.EmbedImageResponse(embeddings=to_matrix(vectors), model_id=description.model_id)
+
+    async def EmbedVideo(self, request: vision_pb2.EmbedVideoRequest, context: grpc.aio.ServicerContext):
+        """Sampled frames through the same transform and ``embed`` batcher as Embed's images."""
+        description = self.description()
+        s = self._vision_settings
+        sampling = Sampling.of(
+            request.num_frames, request.frames_per_second, s.video_frames, self._video_limits
+        )
+        videos = check_item_count(request.videos, s.max_videos_per_request, "videos", "video")
+        loop = asyncio.get_running_loop()
+        clips = await loop.run_in_executor(
+            self._decode_pool, prepare_videos, videos, self._video_limits, sampling, self._model.transform
+        )
+        frames = [frame for clip in clips for frame in clip.frames]
+        # In chunks of one forward pass, so a long video shares the model fairly with other callers.
+        chunks = [frames[i : i + s.max_batch_size] for i in range(0, len(frames), s.max_batch_size)]
+        timeout_s = context.time_remaining()
+        vectors = np.concatenate(await asyncio.gather(*(self.run("embed", c, timeout_s) for c in chunks)))
+        blocks = np.split(vectors, np.cumsum([len(clip.frames) for clip in clips])[:-1])
+        return vision_pb2.EmbedVideoResponse(
+            embeddings=to_matrix(np.stack([mean_pooled(block) for block in blocks])),
+            duration_s=[clip.duration_s for clip in clips],
+            num_frames=[len(clip.frames) for clip in clips],
+            frames=[
+                vision_pb2.VideoFrames(embeddings=to_matrix(block), timestamps_s=clip.timestamps_s)
+                for clip, block in zip(clips, blocks, strict=True)
+            ]
+            if request.include_frames
+            else [],
+            model_id=description.model_id,
+        )
 
     async def Classify(self, request: vision_pb2.ClassifyImageRequest, context: grpc.aio.ServicerContext):
         description = self.description("classify")

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from services.common.settings import FusionSettings, GatewaySettings, TextSettings, VisionSettings
+from services.common.settings import (
+    AudioSettings,
+    FusionSettings,
+    GatewaySettings,
+    TextSettings,
+    VisionSettings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "mmserve"
@@ -24,6 +30,7 @@ RELEASE = "rel"
 SETTINGS = {
     "text": TextSettings,
     "vision": VisionSettings,
+    "audio": AudioSettings,
     "fusion": FusionSettings,
     "gateway": GatewaySettings,
 }

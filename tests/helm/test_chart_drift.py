@@ -34,6 +34,7 @@ TARGETS = {
     "MMSERVE_GATEWAY_FUSION_ADDRESS": "fusion",
     "MMSERVE_GATEWAY_TEXT_ADDRESS": "text",
     "MMSERVE_GATEWAY_VISION_ADDRESS": "vision",
+    "MMSERVE_GATEWAY_AUDIO_ADDRESS": "audio",
 }
 
 
@@ -161,7 +162,9 @@ def test_heads_from_a_configmap_land_where_fusion_looks() -> None:
     assert env["MMSERVE_FUSION_HEADS_DIR"] == mount["mountPath"]
     schema = json.loads((CHART / "values.schema.json").read_text())
     names = schema["properties"]["fusion"]["properties"]["heads"]["properties"]["names"]
-    assert names["items"]["pattern"] == heads["_NAME_RE"], "head names the chart accepts differ from fusion's"
+    manifest = _module_constants(ROOT / "services" / "fusion" / "manifest.py")
+    pattern = manifest["_NAME_RE"]
+    assert names["items"]["pattern"] == pattern, "head names the chart accepts differ from fusion's"
 
 
 def test_connection_age_reaches_every_grpc_server() -> None:

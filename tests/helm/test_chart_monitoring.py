@@ -86,7 +86,7 @@ def test_alerts_are_complete() -> None:
 def test_service_monitors_scrape_each_component_once() -> None:
     docs = render(ALL_FEATURES)
     monitors = by_kind(docs, "ServiceMonitor")
-    assert sorted(component(m) for m in monitors) == ["fusion", "gateway", "text", "vision"]
+    assert sorted(component(m) for m in monitors) == ["audio", "fusion", "gateway", "text", "vision"]
     for monitor in monitors:
         selector = monitor["spec"]["selector"]
         (expression,) = selector["matchExpressions"]
@@ -116,7 +116,7 @@ def test_python_the_chart_runs_compiles() -> None:
         for kind in ("startupProbe", "livenessProbe", "readinessProbe")
         if "exec" in c[kind]
     ]
-    assert len(probes) == 9, "with TLS on, every gRPC probe becomes an exec probe"
+    assert len(probes) == 12, "with TLS on, every gRPC probe becomes an exec probe"
     for probe in probes:
         assert probe[:2] == ["python", "-c"]
         compile(probe[2], "tls-probe", "exec")

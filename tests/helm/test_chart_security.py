@@ -42,14 +42,14 @@ def test_deployments_have_all_three_probes(values_file: Path | None) -> None:
 
 def test_startup_probes_leave_time_to_load_a_model() -> None:
     for deployment in by_kind(render(), "Deployment"):
-        if component(deployment) in ("text", "vision"):
+        if component(deployment) in ("text", "vision", "audio"):
             probe = deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
             assert probe["periodSeconds"] * probe["failureThreshold"] >= 180
 
 
 def test_network_policies_follow_the_call_graph() -> None:
     policies = {component(p): p for p in by_kind(render(), "NetworkPolicy")}
-    assert {"text", "vision", "fusion", "gateway"} <= set(policies)
+    assert {"text", "vision", "audio", "fusion", "gateway"} <= set(policies)
 
     def grpc_callers(name: str) -> set[str]:
         (rule,) = [r for r in policies[name]["spec"]["ingress"] if r["ports"][0]["port"] == "grpc"]
@@ -57,6 +57,7 @@ def test_network_policies_follow_the_call_graph() -> None:
 
     assert grpc_callers("text") == {"fusion", "gateway"}
     assert grpc_callers("vision") == {"fusion", "gateway"}
+    assert grpc_callers("audio") == {"fusion", "gateway"}
     assert grpc_callers("fusion") == {"gateway"}
     for name, policy in policies.items():
         assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == name
@@ -76,7 +77,7 @@ def test_restricted_gateway_still_admits_the_helm_test_pod() -> None:
 
 def test_gpu_values_request_gpus_and_the_cuda_image() -> None:
     deployments = {component(d): d for d in by_kind(render(GPU_VALUES), "Deployment")}
-    for name in ("text", "vision"):
+    for name in ("text", "vision", "audio"):
         container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert container["image"].endswith("-cuda")
@@ -96,7 +97,7 @@ def test_default_images_are_cpu_and_tagged_with_the_app_version() -> None:
         for d in by_kind(render(), "Deployment")
     }
     assert images["gateway"].endswith(f"mmserve-gateway:{app_version}")
-    for name in ("text", "vision", "fusion"):
+    for name in ("text", "vision", "audio", "fusion"):
         assert images[name].endswith(f"mmserve-model:{app_version}-cpu")
 
 
@@ -104,7 +105,12 @@ def test_egress_is_restricted_by_default_and_never_reaches_the_metadata_endpoint
     import ipaddress
 
     policies = [p for p in by_kind(render(), "NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]
-    assert {p["metadata"]["name"].rsplit("-", 1)[-1] for p in policies} >= {"text", "vision", "fusion", "gateway"}
+    assert {p["metadata"]["name"].rsplit("-", 1)[-1] for p in policies} >= {
+        "text",
+        "vision",
+        "fusion",
+        "gateway",
+    }
     metadata = ipaddress.ip_address("169.254.169.254")
     for policy in policies:
         for rule in policy["spec"]["egress"]:

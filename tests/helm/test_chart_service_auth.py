@@ -11,6 +11,7 @@ MOUNT = "/etc/mmserve/auth"
 EXPECTED_FILES = {
     "text": {"callers"},
     "vision": {"callers"},
+    "audio": {"callers"},
     "fusion": {"callers", "fusion.token"},
     "gateway": {"gateway.token"},
 }

@@ -19,6 +19,7 @@ DEV_TOOLS_MARKER = "# Test and development tools"
 ENTRY_MODULES = {
     "text": "services.text",
     "vision": "services.vision",
+    "audio": "services.audio",
     "fusion": "services.fusion",
     "gateway": "gateway",
 }
@@ -153,7 +154,7 @@ def test_exposed_ports_are_the_settings_defaults(dockerfile: Path) -> None:
         expected = {defaults(SETTINGS["gateway"])["port"]}
     else:
         expected = set()
-        for name in ("text", "vision", "fusion"):
+        for name in ("text", "vision", "audio", "fusion"):
             expected |= {defaults(SETTINGS[name])["port"], defaults(SETTINGS[name])["metrics_port"]}
     assert exposed == expected
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 HEALTHCHECK = ROOT / "deploy" / "docker" / "grpc_healthcheck.py"
 GATEWAY_DOCKERFILE = ROOT / "deploy" / "docker" / "gateway.Dockerfile"
-PORT_VARS = ("MMSERVE_TEXT_PORT", "MMSERVE_VISION_PORT", "MMSERVE_FUSION_PORT")
+PORT_VARS = ("MMSERVE_TEXT_PORT", "MMSERVE_VISION_PORT", "MMSERVE_FUSION_PORT", "MMSERVE_AUDIO_PORT")
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

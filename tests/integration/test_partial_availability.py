@@ -1,7 +1,7 @@
 """Partial availability with the real processes: with every vision process gone, the gateway stays
 ready, text keeps working, and image routes answer 503 at once in the error shape.
 
-The text service is the shared session one; vision, fusion and the gateway are this test's own,
+The text and audio services are the shared session ones; vision, fusion and the gateway are this test's own,
 so killing vision leaves the other tests' services alone.
 """
 
@@ -37,7 +37,9 @@ TEXT = {"texts": ["partial availability"]}
 
 
 @pytest.fixture
-def own_stack(text_service: ServiceProcess, tmp_path: Path) -> Iterator[dict[str, ServiceProcess]]:
+def own_stack(
+    text_service: ServiceProcess, audio_service: ServiceProcess, tmp_path: Path
+) -> Iterator[dict[str, ServiceProcess]]:
     started: list[ServiceProcess] = []
     heads = tmp_path / "heads"
     heads.mkdir()
@@ -49,7 +51,7 @@ def own_stack(text_service: ServiceProcess, tmp_path: Path) -> Iterator[dict[str
         fusion = start_service("fusion", args=fusion_args, log_dir=tmp_path)
         started.append(fusion)
         gateway_args = ["--text-address", text_service.address, "--vision-address", vision.address,
-                        "--fusion-address", fusion.address]  # fmt: skip
+                        "--fusion-address", fusion.address, "--audio-address", audio_service.address]  # fmt: skip
         gateway = start_service("gateway", args=gateway_args, log_dir=tmp_path)
         started.append(gateway)
         yield {"vision": vision, "fusion": fusion, "gateway": gateway}
@@ -67,7 +69,10 @@ def test_gateway_stays_ready_and_serves_text_with_vision_gone(own_stack: dict[st
     ready = readiness(url)
     assert (ready.status, json.loads(ready.body)) == (
         200,
-        {"status": "ready", "backends": {"text": "SERVING", "vision": "SERVING", "fusion": "SERVING"}},
+        {
+            "status": "ready",
+            "backends": {"text": "SERVING", "vision": "SERVING", "fusion": "SERVING", "audio": "SERVING"},
+        },
     )
     assert post_json(url + "/v1/embed/image", IMAGE).status == 200
 

@@ -26,7 +26,7 @@ from gateway.app import create_app
 from gateway.encoding import base64_rows, float_rows
 from gateway.endpoints import state
 from gateway.errors import HTTP_STATUS, ApiError, from_rpc_error
-from services.common.settings import FusionSettings, GatewaySettings
+from services.common.settings import AudioSettings, FusionSettings, GatewaySettings
 
 DEAD = "127.0.0.1:1"
 PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n not decoded by the gateway").decode()
@@ -34,7 +34,8 @@ PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n not decoded by the gateway").deco
 
 def make_app(**overrides):
     settings = GatewaySettings(
-        fusion_address=DEAD, text_address=DEAD, vision_address=DEAD, deadline_s=2.0, max_body_bytes=4096,
+        fusion_address=DEAD, text_address=DEAD, vision_address=DEAD, audio_address=DEAD, deadline_s=2.0,
+        max_body_bytes=4096,
         max_items_per_request=4, **overrides,
     )  # fmt: skip
     return create_app(settings, CollectorRegistry())
@@ -115,7 +116,17 @@ def test_rpc_errors_become_api_errors_with_their_status(code: grpc.StatusCode) -
         ("/v1/embeddings", {"json": {"input": []}}, 400, "INVALID_ARGUMENT", "at least 1"),
         ("/v1/embeddings", {"json": {"input": 7}}, 400, "INVALID_ARGUMENT", "string or a list"),
         ("/v1/embeddings", {"json": {"input": [[1, 2]]}}, 400, "INVALID_ARGUMENT", "token arrays are not supported"),
-        ("/v1/embeddings", {"json": {"input": [{"type": "audio"}]}}, 400, "INVALID_ARGUMENT", "'input[0]' must be a string or"),
+        ("/v1/embeddings", {"json": {"input": [{"type": "midi"}]}}, 400, "INVALID_ARGUMENT", "'input[0]' must be a string or"),
+        ("/v1/embeddings", {"json": {"input": [{"type": "audio"}]}}, 400, "INVALID_ARGUMENT", "'input[0].audio' must be a base64 string"),
+        ("/v1/embeddings", {"json": {"input": [{"type": "video", "video": "https://x/v.mp4"}]}}, 400, "INVALID_ARGUMENT", "video URLs are not fetched"),
+        ("/v1/embed/audio", {"json": {"clips": []}}, 400, "INVALID_ARGUMENT", "'clips' must contain at least 1 item"),
+        ("/v1/embed/audio", {"json": {"clips": ["%"]}}, 400, "INVALID_ARGUMENT", "'clips[0]' is not valid base64"),
+        ("/v1/embed/audio", {"json": {"clips": [PNG_B64], "include_segments": "yes"}}, 400, "INVALID_ARGUMENT", "'include_segments' must be true or false"),
+        ("/v1/classify/audio", {"json": {"clips": [PNG_B64], "top_k": 0}}, 400, "INVALID_ARGUMENT", "'top_k' must be between 1 and 1000"),
+        ("/v1/embed/video", {"json": {"videos": [PNG_B64], "num_frames": 2, "frames_per_second": 1}}, 400, "INVALID_ARGUMENT", "not both"),
+        ("/v1/embed/video", {"json": {"videos": [PNG_B64], "num_frames": 65}}, 400, "INVALID_ARGUMENT", "'num_frames' must be between 1 and 64"),
+        ("/v1/embed/video", {"json": {"videos": [PNG_B64], "frames_per_second": "1"}}, 400, "INVALID_ARGUMENT", "'frames_per_second' must be a number"),
+        ("/v1/embed/video", {"json": {"videos": [PNG_B64] * 5}}, 400, "INVALID_ARGUMENT", "(limit 4)"),
         ("/v1/embeddings", {"json": {"input": [{"type": "image", "image": "%"}]}}, 400, "INVALID_ARGUMENT", "'input[0].image' is not valid base64"),
         ("/v1/embeddings", {"json": {"input": "a", "dimensions": 0}}, 400, "INVALID_ARGUMENT", "'dimensions' must be between"),
         ("/v1/embeddings", {"json": {"input": "a", "dimensions": True}}, 400, "INVALID_ARGUMENT", "'dimensions' must be an integer"),
@@ -236,7 +247,12 @@ def test_unavailable_backend_is_a_fast_503_with_retry_after(client) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.get_json() == {
         "status": "not_ready",
-        "backends": {"text": "UNAVAILABLE", "vision": "UNAVAILABLE", "fusion": "UNAVAILABLE"},
+        "backends": {
+            "text": "UNAVAILABLE",
+            "vision": "UNAVAILABLE",
+            "fusion": "UNAVAILABLE",
+            "audio": "UNAVAILABLE",
+        },
     }
     assert client.get("/healthz").status_code == 200
 
@@ -305,7 +321,23 @@ def test_openapi_document_is_valid_and_describes_every_route(client) -> None:
     for code in ("200", "503"):  # one shape, ready or not; not the Error shape
         schema = readiness[code]["content"]["application/json"]["schema"]
         assert schema["required"] == ["status", "backends"], code
-        assert schema["properties"]["backends"]["required"] == ["text", "vision", "fusion"], code
+        assert schema["properties"]["backends"]["required"] == ["text", "vision", "fusion", "audio"], code
+    for path, upload in (
+        ("/v1/embed/audio", "audio"),
+        ("/v1/classify/audio", "audio"),
+        ("/v1/embed/video", "video"),
+    ):
+        content = document["paths"][path]["post"]["requestBody"]["content"]
+        assert content["multipart/form-data"]["schema"]["required"] == [upload], path
+        limits = content["application/json"]["schema"]["properties"][
+            f"{upload if upload == 'video' else 'clip'}s"
+        ]
+        assert limits["maxItems"] >= 1 and limits["items"]["maxLength"] > 0, path
+    audio = document["paths"]["/v1/embed/audio"]["post"]["requestBody"]["content"]["application/json"]
+    assert (
+        f"{AudioSettings.max_audio_seconds:g} s"
+        in audio["schema"]["properties"]["clips"]["items"]["description"]
+    )
 
 
 def test_candidate_label_limit_is_the_fusion_services(client) -> None:

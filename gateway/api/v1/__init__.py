@@ -3,6 +3,13 @@ single-text ``/text-classification`` contract beside it)."""
 
 from __future__ import annotations
 
-from gateway.api.v1 import catalog, embeddings, inference, text_classification
+from gateway.api.v1 import audio, catalog, embeddings, inference, text_classification, video
 
-BLUEPRINTS = (embeddings.blueprint, inference.blueprint, text_classification.blueprint, catalog.blueprint)
+BLUEPRINTS = (
+    embeddings.blueprint,
+    inference.blueprint,
+    text_classification.blueprint,
+    audio.blueprint,
+    video.blueprint,
+    catalog.blueprint,
+)

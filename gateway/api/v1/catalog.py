@@ -6,7 +6,7 @@ import json
 
 from flask import Blueprint, Response
 
-from gateway.api.shapes import INT, STR, array, obj
+from gateway.api.shapes import INT, NUM, STR, array, obj
 from gateway.encoding import json_response
 from gateway.endpoints import endpoint, state
 from gateway.errors import ApiError
@@ -18,7 +18,7 @@ MODEL = obj(
     {
         "id": STR,
         "object": {"type": "string", "enum": ["model"]},
-        "modality": {"type": "string", "enum": ["text", "image", "fused", "unspecified"]},
+        "modality": {"type": "string", "enum": ["text", "image", "audio", "video", "fused", "unspecified"]},
         "task": {"type": "string", "description": "embed, ner, classify, ..."},
         "revision": STR,
         "embedding_dim": {**INT, "description": "0 for models that do not embed (NER, classifiers)"},
@@ -67,7 +67,7 @@ def models() -> Response:
     upstreams = state().upstreams
     calls = [
         upstreams.start(service, "GetModelInfo", common_pb2.GetModelInfoRequest(include_labels=True))
-        for service in ("text", "vision")
+        for service in ("text", "vision", "audio")
     ]
     # What is being served: an encoder that is down is left out (its routes answer 503), as long
     # as one answers; with none, its error is the answer.
@@ -85,9 +85,32 @@ def models() -> Response:
 HEAD = obj(
     {
         "name": STR,
-        "task": {"type": "string", "description": "classification or alignment"},
-        "strategy": {"type": "string", "description": "weighted_sum, concat_mlp, gated or alignment"},
-        "labels": array(STR),
+        "task": {"type": "string", "description": "classification, regression, multitask or alignment"},
+        "strategy": {
+            "type": "string",
+            "description": "weighted_sum, concat_mlp, gated, attention, text_only, image_only or alignment",
+        },
+        "labels": {**array(STR), "description": "a classification head's labels"},
+        "outputs": {
+            **array(obj({"name": STR, "kind": STR, "labels": array(STR)}, ["name", "kind"])),
+            "description": "each output: a classification (with its labels) or a regression target",
+        },
+        "modalities": {**array(STR), "description": "the modalities the head reads"},
+        "missing_modality_policy": {
+            "type": "string",
+            "enum": ["allow", "refuse"],
+            "description": "refuse: /v1/predict answers an input lacking one of the head's modalities with 400",
+        },
+        "fusion_weights": {
+            "type": "object",
+            "additionalProperties": NUM,
+            "description": "weighted_sum heads: the learned weight of text and image (branches normalised)",
+        },
+        "modality_contribution": {
+            "type": "object",
+            "description": "drop in the head's test metric when each modality is masked (from its metrics)",
+        },
+        "format_version": INT,
         "text_model_id": STR,
         "vision_model_id": STR,
         "embedding_dim": INT,
@@ -95,6 +118,7 @@ HEAD = obj(
     },
     ["name", "task", "strategy", "labels"],
 )
+_MODALITY_NAMES = {common_pb2.MODALITY_TEXT: "text", common_pb2.MODALITY_IMAGE: "image"}
 
 
 def _metrics(text: str) -> dict:
@@ -113,20 +137,24 @@ def _metrics(text: str) -> dict:
 )  # fmt: skip
 def heads() -> Response:
     reply = state().upstreams.call("fusion", "ListHeads", fusion_pb2.ListHeadsRequest())
-    return json_response(
-        {
-            "heads": [
-                {
-                    "name": h.name,
-                    "task": h.task,
-                    "strategy": h.strategy,
-                    "labels": list(h.labels),
-                    "text_model_id": h.text_model_id,
-                    "vision_model_id": h.vision_model_id,
-                    "embedding_dim": h.embedding_dim,
-                    "metrics": _metrics(h.metrics_json),
-                }
-                for h in reply.heads
-            ]
-        }
-    )
+    return json_response({"heads": [_head(h) for h in reply.heads]})
+
+
+def _head(h: fusion_pb2.HeadInfo) -> dict:
+    metrics = _metrics(h.metrics_json)
+    return {
+        "name": h.name,
+        "task": h.task,
+        "strategy": h.strategy,
+        "labels": list(h.labels),
+        "outputs": [{"name": o.name, "kind": o.kind, "labels": list(o.labels)} for o in h.outputs],
+        "modalities": [_MODALITY_NAMES.get(m, "unspecified") for m in h.modalities],
+        "missing_modality_policy": h.missing_modality_policy,
+        "fusion_weights": {name: float(w) for name, w in sorted(h.fusion_weights.items())},
+        "modality_contribution": metrics.get("modality_contribution") or {},
+        "format_version": h.format_version,
+        "text_model_id": h.text_model_id,
+        "vision_model_id": h.vision_model_id,
+        "embedding_dim": h.embedding_dim,
+        "metrics": metrics,
+    }

@@ -10,28 +10,34 @@ import numpy as np
 from flask import Blueprint, Response
 
 from gateway.api.shapes import BOOL, ENCODING_FORMAT, INT, STR, VECTOR, VECTORS, array, obj
+from gateway.api.v1.audio import AUDIO
+from gateway.api.v1.video import VIDEO
 from gateway.encoding import json_response, vector_rows
 from gateway.endpoints import endpoint, state
 from gateway.errors import invalid
 from gateway.schema import Context, Field, Image, Integer, ListOf, Object, String, Text
 from gateway.upstreams import wait_all
-from mmserve.v1 import fusion_pb2, text_pb2, vision_pb2
+from mmserve.v1 import audio_pb2, fusion_pb2, text_pb2, vision_pb2
 from services.common.matrix import from_matrix
 
 blueprint = Blueprint("embeddings", __name__, url_prefix="/v1")
 
 TEXT = Text()
 IMAGE = Image()
+_MEDIA = {"audio": AUDIO, "video": VIDEO}
 
 
 @dataclass(frozen=True)
 class EmbeddingInput(Field):
     """OpenAI's ``input``: a string or a list of them; as an extension, list items may be
-    ``{"type": "image", "image": ...}`` (or ``{"type": "text", "text": ...}``)."""
+    ``{"type": "image", "image": ...}``, ``{"type": "audio", "audio": ...}``, ``{"type": "video",
+    "video": ...}`` (or ``{"type": "text", "text": ...}``)."""
 
     description: str = (
-        'A text, or a list of texts; list items may also be {"type": "image", "image": <base64 or data URL>} '
-        "(mmserve extension: texts go to the text encoder, images to the vision encoder, order is kept)."
+        'A text, or a list of texts; list items may also be {"type": "image", "image": <base64 or data URL>}, '
+        '{"type": "audio", "audio": <base64>} or {"type": "video", "video": <base64>} (mmserve extension: '
+        "texts go to the text encoder, images and videos to the vision encoder, audio to the audio encoder; "
+        "order is kept)."
     )
 
     def parse(self, value: Any, where: str, ctx: Context) -> list[tuple[str, str | bytes]]:
@@ -52,10 +58,14 @@ class EmbeddingInput(Field):
                 parsed.append(("image", IMAGE.parse(item.get("image"), f"{path}.image", ctx)))
             elif kind == "text":
                 parsed.append(("text", TEXT.parse(item.get("text"), f"{path}.text", ctx)))
+            elif kind in _MEDIA:
+                parsed.append((kind, _MEDIA[kind].parse(item.get(kind), f"{path}.{kind}", ctx)))
             elif isinstance(item, int | list):
                 raise invalid(f"'{path}': token arrays are not supported; send the text itself")
             else:
-                raise invalid(f'\'{path}\' must be a string or {{"type": "image", "image": <base64>}}')
+                raise invalid(
+                    f'\'{path}\' must be a string or {{"type": "image"|"audio"|"video", "<type>": <base64>}}'
+                )
         return parsed
 
     def openapi(self, max_items: int) -> dict[str, Any]:
@@ -69,6 +79,13 @@ class EmbeddingInput(Field):
                 obj(
                     {"type": {"type": "string", "enum": ["text"]}, "text": TEXT.openapi(max_items)},
                     ["type", "text"],
+                ),
+                *(
+                    obj(
+                        {"type": {"type": "string", "enum": [kind]}, kind: field.openapi(max_items)},
+                        ["type", kind],
+                    )
+                    for kind, field in _MEDIA.items()
                 ),
             ]
         }
@@ -106,30 +123,28 @@ OPENAI_RESPONSE = obj(
 
 @endpoint(
     blueprint, "POST", "/embeddings",
-    summary="OpenAI-compatible embeddings (texts; images as {type: image} items)",
+    summary="OpenAI-compatible embeddings (texts; images, audio and video as {type: ...} items)",
     description="Works with OpenAI's clients unchanged (they ask for base64 by default). "
-    "`usage` counts the tokens the text encoder saw; images count no tokens.",
+    "`usage` counts the tokens the text encoder saw; images, audio and video count no tokens. "
+    "Each modality has its own model and dimension (GET /v1/models).",
     body=OPENAI_REQUEST, response=OPENAI_RESPONSE,
 )  # fmt: skip
 def openai_embeddings(body: dict) -> Response:
     items: list[tuple[str, Any]] = body["input"]
     upstreams = state().upstreams
-    groups: dict[str, list[int]] = {"text": [], "image": []}
+    groups: dict[str, list[int]] = {}
     for index, (kind, _) in enumerate(items):
-        groups[kind].append(index)
-    requests = {}
-    if groups["text"]:
-        requests["text"] = ("text", text_pb2.EmbedTextRequest(texts=[items[i][1] for i in groups["text"]]))
-    if groups["image"]:
-        requests["image"] = (
-            "vision",
-            vision_pb2.EmbedImageRequest(images=[items[i][1] for i in groups["image"]]),
-        )
+        groups.setdefault(kind, []).append(index)
+    requests = {
+        kind: call([items[i][1] for i in groups[kind]])
+        for kind, call in _EMBED_CALLS.items()
+        if kind in groups
+    }
     if len(requests) == 1:  # the common case: a blocking call costs half the CPU of a future
-        ((kind, (service, request)),) = requests.items()
-        replies = {kind: upstreams.call(service, "Embed", request)}
-    else:  # texts and images go to different encoders: ask both at once
-        calls = [upstreams.start(service, "Embed", request) for service, request in requests.values()]
+        ((kind, (service, method, request)),) = requests.items()
+        replies = {kind: upstreams.call(service, method, request)}
+    else:  # the modalities go to different encoders (or methods): ask them all at once
+        calls = [upstreams.start(*call) for call in requests.values()]
         replies = dict(zip(requests, wait_all(calls), strict=True))
 
     vectors: list[Any] = [None] * len(items)
@@ -150,6 +165,15 @@ def openai_embeddings(body: dict) -> Response:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
+
+
+# Each item kind's embedding call: inputs -> (service, method, request).
+_EMBED_CALLS = {
+    "text": lambda texts: ("text", "Embed", text_pb2.EmbedTextRequest(texts=texts)),
+    "image": lambda images: ("vision", "Embed", vision_pb2.EmbedImageRequest(images=images)),
+    "audio": lambda clips: ("audio", "Embed", audio_pb2.EmbedAudioRequest(clips=clips)),
+    "video": lambda videos: ("vision", "EmbedVideo", vision_pb2.EmbedVideoRequest(videos=videos)),
+}
 
 
 def _leading_components(matrix: np.ndarray, dimensions: int) -> np.ndarray:

@@ -1,5 +1,5 @@
 {{/*
-The four components and their fixed facts: module to run, settings env prefix and ports.
+The five components and their fixed facts: module to run, settings env prefix and ports.
 Ports are the defaults of services/common/settings.py (a test checks they agree), so clients
 and probes can rely on them; they are not values.
 */}}
@@ -17,6 +17,13 @@ vision:
   grpc: true
   port: 50052
   metricsPort: 9102
+  imageVariant: true
+audio:
+  module: services.audio
+  envPrefix: MMSERVE_AUDIO_
+  grpc: true
+  port: 50054
+  metricsPort: 9104
   imageVariant: true
 fusion:
   module: services.fusion
@@ -190,6 +197,8 @@ not repeat these names (the template fails instead of emitting duplicates).
   value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "text") | quote }}
 {{ $p }}VISION_ADDRESS:
   value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "vision") | quote }}
+{{ $p }}AUDIO_ADDRESS:
+  value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "audio") | quote }}
 {{- if include "mmserve.apiKeysEnabled" $root }}
 {{ $p }}API_KEYS:
   valueFrom:

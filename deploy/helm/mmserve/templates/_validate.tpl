@@ -18,6 +18,9 @@
 {{- if and (eq $v.fusion.heads.source "pvc") (not $v.fusion.heads.existingClaim) }}
 {{- fail "fusion.heads.existingClaim is required when fusion.heads.source is pvc" }}
 {{- end }}
+{{- if and (eq $v.fusion.heads.source "image") (not (and $v.fusion.heads.image.repository (or $v.fusion.heads.image.tag $v.fusion.heads.image.digest))) }}
+{{- fail "fusion.heads.image.repository and a tag or digest are required when fusion.heads.source is image" }}
+{{- end }}
 {{- if and $v.gateway.auth.apiKeys $v.gateway.auth.existingSecret }}
 {{- fail "set gateway.auth.apiKeys or gateway.auth.existingSecret, not both" }}
 {{- end }}

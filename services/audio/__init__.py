@@ -1,0 +1,1 @@
+"""The audio encoder service: clip embeddings and AudioSet classification (YAMNet by default)."""
