@@ -46,7 +46,7 @@ DEADLINE_S = 60.0
 def write_head(
     heads_dir: Path, strategy: str, text: common_pb2.ModelInfo, image: common_pb2.ModelInfo
 ) -> None:
-    module = build_model(strategy, text.embedding_dim, image.embedding_dim, {}, num_labels=2)
+    module = build_model(strategy, text.embedding_dim, image.embedding_dim, {}, num_outputs=2)
     save_head(
         heads_dir / HEAD,
         module,

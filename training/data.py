@@ -2,15 +2,20 @@
 
 Three layouts, picked by ``read_examples`` from the path:
 
-- JSONL: each line an object with ``text`` (string or null), ``image`` and ``label`` (string;
-  required for classification). ``image`` is one of: a path relative to the JSONL file (or
-  absolute) ending in .png/.jpg/.jpeg/.webp/.gif, a ``data:image/...;base64,`` URL, raw base64,
-  or null.
-- CSV with a header row naming ``text``, ``image`` and/or ``label`` columns (same values as
-  JSONL; an empty cell is null).
+- JSONL: each line an object with ``text`` (string or null), ``image`` and what the head
+  learns: ``label`` (a string or a number, used as its text; classification), ``target`` (a
+  number; regression), ``targets`` (``{name: number}``; regression with several targets) or
+  ``labels`` (``{task: value}``; multi-task, a string or number per task, tasks may be missing
+  from a row). ``image`` is one of: a path relative to the JSONL file (or absolute) ending in
+  .png/.jpg/.jpeg/.webp/.gif, a ``data:image/...;base64,`` URL, raw base64, or null.
+- CSV with a header row naming ``text``, ``image`` and the answers: a ``label`` column,
+  a ``target`` column, ``target.<name>`` columns and/or ``label.<task>`` columns (same values
+  as JSONL; an empty cell is null; a ``label.<task>`` cell that parses as a number is one).
 - An image folder: ``<dir>/<label>/<image file>``, one sub-directory per class (image only).
 
-A row may lack one modality; it then trains with that modality masked out.
+A row may lack one modality; it then trains with that modality masked out. ``target``,
+``targets`` and ``labels`` meet in ``Example.targets`` (``target`` is the target named
+``target``); a NaN or infinite number is refused with the file and line.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import binascii
 import csv
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -41,6 +48,8 @@ class Example:
     text: str | None
     image: bytes | None
     label: str | None
+    # Regression targets and multi-task labels by name: a float, or a string class label.
+    targets: Mapping[str, str | float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class EmbeddedSet:
     text_mask: np.ndarray  # [N] bool
     image_mask: np.ndarray  # [N] bool
     labels: tuple[str | None, ...]
+    targets: tuple[Mapping[str, str | float], ...] = ()  # per row; () when no row has any
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -88,21 +98,80 @@ def _b64(payload: str, where: str) -> bytes:
         ) from None
 
 
-def _example(row: dict, base_dir: Path, where: str, require_label: bool) -> Example:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite(value: Any, name: str, where: str) -> float:
+    if not _is_number(value):
+        raise DataError(f"{where}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise DataError(f"{where}: {name} is {value!r}; targets must be finite numbers")
+    return float(value)
+
+
+def _label_text(value: Any, name: str, where: str) -> str:
+    """A class label: a non-empty string, or a number used as its text (``1`` -> ``"1"``)."""
+    if _is_number(value):
+        if not math.isfinite(value):
+            raise DataError(f"{where}: {name} is {value!r}; a label must be finite")
+        return str(value)
+    if not (isinstance(value, str) and value):
+        raise DataError(f"{where}: {name} must be a non-empty string or a number")
+    return value
+
+
+def _targets(row: dict, where: str) -> dict[str, str | float]:
+    """``target``, ``targets`` and ``labels`` of a row, merged by name and checked."""
+    found: dict[str, str | float] = {}
+
+    def add(name: Any, value: str | float) -> None:
+        if not isinstance(name, str) or not name:
+            raise DataError(f"{where}: target and task names must be non-empty strings")
+        if name in found:
+            raise DataError(f"{where}: {name!r} is given twice (target, targets and labels share names)")
+        found[name] = value
+
+    if row.get("target") is not None:
+        add("target", _finite(row["target"], "target", where))
+    for key in ("targets", "labels"):
+        values = row.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise DataError(f"{where}: {key} must be an object of name -> value")
+        for name, value in values.items():
+            if value is None:
+                continue  # a missing label: masked out of that task's loss
+            if key == "targets":
+                add(name, _finite(value, f"targets.{name}", where))
+            elif _is_number(value):
+                add(name, _finite(value, f"labels.{name}", where))
+            else:
+                add(name, _label_text(value, f"labels.{name}", where))
+    return found
+
+
+def _example(
+    row: dict, base_dir: Path, where: str, require_label: bool, require_targets: bool = False
+) -> Example:
     """One row of any layout, checked; raises DataError naming the file and line."""
     text, image, label = row.get("text"), row.get("image"), row.get("label")
     if text is not None and not isinstance(text, str):
         raise DataError(f"{where}: text must be a string or null")
     if image is not None and not isinstance(image, str):
         raise DataError(f"{where}: image must be a string (path, data URL or base64) or null")
-    if label is not None and not (isinstance(label, str) and label):
-        raise DataError(f"{where}: label must be a non-empty string")
+    if label is not None:
+        label = _label_text(label, "label", where)
     if require_label and label is None:
         raise DataError(f"{where}: missing label")
+    targets = _targets(row, where)
+    if require_targets and not targets and label is None:
+        raise DataError(f"{where}: missing target (give target, targets or labels)")
     if text is None and image is None:
         raise DataError(f"{where}: a row needs text, image or both")
     image_bytes = _read_image(image, base_dir, where) if image is not None else None
-    return Example(text, image_bytes, label)
+    return Example(text, image_bytes, label, targets)
 
 
 def _nonempty(examples: list[Example], path: Path) -> list[Example]:
@@ -111,7 +180,7 @@ def _nonempty(examples: list[Example], path: Path) -> list[Example]:
     return examples
 
 
-def read_jsonl(path: Path | str, require_label: bool = True) -> list[Example]:
+def read_jsonl(path: Path | str, require_label: bool = True, require_targets: bool = False) -> list[Example]:
     """Parses a JSONL training file; raises DataError naming the first bad line."""
     path = Path(path)
     examples = []
@@ -126,12 +195,21 @@ def read_jsonl(path: Path | str, require_label: bool = True) -> list[Example]:
                 raise DataError(f"{where}: not valid JSON: {exc.msg}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{where}: each line must be a JSON object")
-            examples.append(_example(row, path.parent, where, require_label))
+            examples.append(_example(row, path.parent, where, require_label, require_targets))
     return _nonempty(examples, path)
 
 
-def read_csv(path: Path | str, require_label: bool = True) -> list[Example]:
-    """Parses a CSV file with a header (``text``, ``image``, ``label`` columns; others ignored)."""
+def _csv_cell(value: str) -> str | float:
+    """A ``label.<task>`` cell: a number when it parses as one, else the string."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def read_csv(path: Path | str, require_label: bool = True, require_targets: bool = False) -> list[Example]:
+    """Parses a CSV file with a header (``text``, ``image``, ``label``, ``target``,
+    ``target.<name>`` and ``label.<task>`` columns; others ignored)."""
     path = Path(path)
     examples = []
     with path.open(encoding="utf-8", newline="") as handle:
@@ -139,11 +217,28 @@ def read_csv(path: Path | str, require_label: bool = True) -> list[Example]:
         columns = set(reader.fieldnames or ())
         if not columns & {"text", "image"}:
             raise DataError(f"{path}:1: the header needs a text or image column; found {sorted(columns)}")
+        target_columns = sorted(c for c in columns if c.startswith("target."))
+        task_columns = sorted(c for c in columns if c.startswith("label."))
         for row in reader:
             where = f"{path}:{reader.line_num}"
-            values = {key: (row.get(key) or None) for key in ("text", "image", "label")}
-            examples.append(_example(values, path.parent, where, require_label))
+            values: dict[str, Any] = {key: (row.get(key) or None) for key in ("text", "image", "label")}
+            if row.get("target"):
+                values["target"] = _csv_number(row["target"], "target", where)
+            values["targets"] = {
+                c.removeprefix("target."): _csv_number(row[c], c, where) for c in target_columns if row.get(c)
+            }
+            values["labels"] = {
+                c.removeprefix("label."): _csv_cell(row[c]) for c in task_columns if row.get(c)
+            }
+            examples.append(_example(values, path.parent, where, require_label, require_targets))
     return _nonempty(examples, path)
+
+
+def _csv_number(value: str, column: str, where: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise DataError(f"{where}: {column} must be a number, got {value!r}") from None
 
 
 def read_image_folder(path: Path | str) -> list[Example]:
@@ -157,14 +252,20 @@ def read_image_folder(path: Path | str) -> list[Example]:
     return _nonempty(examples, path)
 
 
-def read_examples(path: Path | str, require_label: bool = True) -> list[Example]:
-    """Reads any supported layout: a directory of class folders, a .csv file, or JSONL."""
+def read_examples(
+    path: Path | str, require_label: bool = True, require_targets: bool = False
+) -> list[Example]:
+    """Reads any supported layout: a directory of class folders, a .csv file, or JSONL.
+
+    ``require_label``: every row needs ``label`` (classification); ``require_targets``: every
+    row needs at least one target or task label (regression, multi-task).
+    """
     path = Path(path)
     if path.is_dir():
         return read_image_folder(path)
     if path.suffix.lower() == ".csv":
-        return read_csv(path, require_label)
-    return read_jsonl(path, require_label)
+        return read_csv(path, require_label, require_targets)
+    return read_jsonl(path, require_label, require_targets)
 
 
 def data_sha256(path: Path | str) -> str:
@@ -210,7 +311,8 @@ def embed_examples(
     text_mask[text_rows] = True
     image_mask = np.zeros(n, dtype=bool)
     image_mask[image_rows] = True
-    return EmbeddedSet(text, image, text_mask, image_mask, tuple(e.label for e in examples))
+    targets = tuple(dict(e.targets) for e in examples) if any(e.targets for e in examples) else ()
+    return EmbeddedSet(text, image, text_mask, image_mask, tuple(e.label for e in examples), targets)
 
 
 def split_indices(

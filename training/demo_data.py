@@ -1,8 +1,9 @@
 """Draws a small labelled multimodal data set (coloured shapes + captions) for the demo heads.
 
 ``python -m training.demo_data --out data/demo [--n 1200 --seed 0]`` writes one PNG per
-item under ``<out>/images/`` and three JSONL files of ``{"text", "image", "label"}`` rows
-(``image`` is relative to the JSONL file), all drawing on the same images:
+item under ``<out>/images/`` (and the region task's two-shape images under
+``<out>/images/region/``) and one JSONL file per task (``image`` is relative to the JSONL
+file); all but the region task draw on the same images:
 
 - ``match.jsonl``: does the caption describe the image? (``match`` / ``mismatch``). Half the
   captions are true; a false one changes the colour or the shape. Caption and image are drawn
@@ -12,8 +13,20 @@ item under ``<out>/images/`` and three JSONL files of ``{"text", "image", "label
   random and irrelevant, so each modality alone gets at most one attribute right.
 - ``align.jsonl``: each image with its true caption (label = its ``"<colour> <shape>"`` class,
   so an evaluation can tell which captions describe an image), for the alignment head.
+- ``order_total.jsonl`` (regression): the text orders a quantity ("three of these, please"),
+  the image shows the shape, whose unit price is fixed (``UNIT_PRICES``); ``"target"`` is the
+  order's total, quantity x unit price. Text alone knows the quantity, the image alone the unit
+  price: each explains about half of the variance, the product needs both.
+- ``order.jsonl`` (multi-task): the same kind of order, also naming a colour, with ``"labels":
+  {"variant": "<colour> <shape>", "total": <number>}``; about one row in six lacks one of the
+  two labels (never both), as real annotations often do.
+- ``region.jsonl``: new two-shape images (one shape on the left, one on the right, different
+  colours); the text asks for the colour of one side ("what colour is the shape on the
+  left?"), the label is that colour. The text decides which image region matters: the text
+  alone is at chance (1/5), the image alone at best picks one of its two colours.
 
-Deterministic given ``--seed``: the same seed writes byte-identical files.
+Deterministic given ``--seed``: the same seed writes byte-identical files (each task draws from
+its own seeded generator, so adding a task leaves the others' rows unchanged).
 """
 
 from __future__ import annotations
@@ -59,6 +72,34 @@ COLOUR_REQUEST_TEMPLATES = (
 )
 MATCH, MISMATCH = "match", "mismatch"
 
+# The regression demo: what one unit of each shape costs (the image decides) times the quantity
+# ordered (the text decides).
+UNIT_PRICES: dict[str, float] = {"circle": 2.0, "square": 3.0, "triangle": 4.5, "star": 6.0}
+QUANTITIES = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+ORDER_TEMPLATES = (
+    "{quantity} of these, please",
+    "I would like {quantity} of them",
+    "order {quantity} pieces",
+    "we need {quantity} of this one",
+    "quantity: {quantity}",
+    "please send {quantity}",
+)
+COLOUR_ORDER_TEMPLATES = (
+    "{quantity} of these in {colour}, please",
+    "I would like {quantity} of them, {colour}",
+    "order {quantity} {colour} pieces",
+    "we need {quantity} of this one in {colour}",
+    "quantity {quantity}, colour {colour}",
+)
+SIDES = ("left", "right")
+REGION_TEMPLATES = (
+    "what colour is the shape on the {side}?",
+    "the colour of the {side} shape",
+    "which colour does the {side} one have?",
+    "tell me the colour of the shape on the {side} side",
+    "{side} shape: what colour?",
+)
+
 
 @dataclass(frozen=True)
 class Item:
@@ -103,6 +144,27 @@ def draw_shape(colour: str, shape: str, rng: random.Random, size_px: int = IMAGE
     return image
 
 
+def draw_two_shapes(
+    left: tuple[str, str], right: tuple[str, str], rng: random.Random, size_px: int = IMAGE_SIZE_PX
+) -> Image.Image:
+    """Two (colour, shape) pairs, one in each half of the image, at random heights and sizes."""
+    grey = rng.randint(200, 250)
+    background = tuple(min(255, max(0, grey + rng.randint(-12, 12))) for _ in range(3))
+    image = Image.new("RGB", (size_px, size_px), background)
+    draw = ImageDraw.Draw(image)
+    half = size_px / 2
+    for (colour, shape), x0 in ((left, 0.0), (right, half)):
+        radius = rng.uniform(0.17, 0.22) * size_px
+        cx = rng.uniform(x0 + radius, x0 + half - radius)
+        cy = rng.uniform(radius, size_px - radius)
+        fill = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in COLOURS[colour])
+        if shape == "circle":
+            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+        else:
+            draw.polygon(_shape_points(shape, cx, cy, radius, rng.uniform(-0.3, 0.3)), fill=fill)
+    return image
+
+
 def caption(colour: str, shape: str, rng: random.Random) -> str:
     return rng.choice(CAPTION_TEMPLATES).format(colour=colour, shape=shape)
 
@@ -114,8 +176,67 @@ def _mismatched(colour: str, shape: str, rng: random.Random) -> tuple[str, str]:
     return colour, rng.choice([s for s in SHAPES if s != shape])
 
 
+def _quantity(rng: random.Random) -> tuple[int, str]:
+    """A quantity and how the order spells it (a digit or a word, equally often)."""
+    quantity = rng.choice(list(QUANTITIES))
+    return quantity, (str(quantity) if rng.random() < 0.5 else QUANTITIES[quantity])
+
+
+def _order_rows(items: list[Item], seed: int) -> tuple[list[dict], list[dict]]:
+    """The regression rows (``target``) and the multi-task rows (``labels``, some missing)."""
+    rng = random.Random(f"{seed}-order")
+    regression, multitask = [], []
+    for item in items:
+        quantity, spelled = _quantity(rng)
+        regression.append(
+            {
+                "text": rng.choice(ORDER_TEMPLATES).format(quantity=spelled),
+                "image": item.path,
+                "target": quantity * UNIT_PRICES[item.shape],
+            }
+        )
+        quantity, spelled = _quantity(rng)
+        colour = rng.choice(list(COLOURS))
+        labels: dict[str, str | float] = {
+            "variant": f"{colour} {item.shape}",
+            "total": quantity * UNIT_PRICES[item.shape],
+        }
+        if rng.random() < 1 / 6:
+            del labels[rng.choice(sorted(labels))]
+        multitask.append(
+            {
+                "text": rng.choice(COLOUR_ORDER_TEMPLATES).format(quantity=spelled, colour=colour),
+                "image": item.path,
+                "labels": labels,
+            }
+        )
+    return regression, multitask
+
+
+def _region_rows(out: Path, n: int, seed: int) -> list[dict]:
+    """Draws the two-shape images; each row asks for the colour of one side."""
+    rng = random.Random(f"{seed}-region")
+    # A folder of their own: images/*.png stays the one-shape images every other task uses.
+    (out / "images" / "region").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(n):
+        left_colour, right_colour = rng.sample(list(COLOURS), 2)
+        left, right = (left_colour, rng.choice(SHAPES)), (right_colour, rng.choice(SHAPES))
+        relative = f"images/region/{index:05d}.png"
+        draw_two_shapes(left, right, rng).save(out / relative, format="PNG", optimize=False)
+        side = rng.choice(SIDES)
+        rows.append(
+            {
+                "text": rng.choice(REGION_TEMPLATES).format(side=side),
+                "image": relative,
+                "label": left_colour if side == "left" else right_colour,
+            }
+        )
+    return rows
+
+
 def generate(out: Path, n: int = 1200, seed: int = 0) -> dict[str, Path]:
-    """Writes the images and the three JSONL files; returns the JSONL paths by task name."""
+    """Writes the images and the JSONL files; returns the JSONL paths by task name."""
     rng = random.Random(seed)
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -151,12 +272,18 @@ def generate(out: Path, n: int = 1200, seed: int = 0) -> dict[str, Path]:
             }
         )
 
-    paths = {
-        "match": out / "match.jsonl",
-        "shape_colour": out / "shape_colour.jsonl",
-        "align": out / "align.jsonl",
+    order_total_rows, order_rows = _order_rows(items, seed)
+    tasks = {
+        "match": match_rows,
+        "shape_colour": variant_rows,
+        "align": align_rows,
+        "order_total": order_total_rows,
+        "order": order_rows,
+        "region": _region_rows(out, n, seed),
     }
-    for task, rows in (("match", match_rows), ("shape_colour", variant_rows), ("align", align_rows)):
+    paths = {}
+    for task, rows in tasks.items():
+        paths[task] = out / f"{task}.jsonl"
         paths[task].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return paths
 

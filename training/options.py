@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from services.common.settings import option
 
 T = TypeVar("T")
 
-__all__ = ["add_options", "from_options", "option"]
+__all__ = ["add_options", "choice", "from_options", "option"]
 
 _TYPES = {"int": int, "float": float, "str": str}
+
+
+def choice(default: str, choices: Sequence[str], help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A string option limited to ``choices`` (the flag refuses anything else)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": tuple(choices)})
 
 
 def add_options(parser: argparse.ArgumentParser | Any, cls: type) -> None:
@@ -38,6 +44,7 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type) -> None:
             dest=field.name,
             type=kind,
             default=field.default,
+            choices=field.metadata.get("choices"),
             help=f"{help_text} [{field.default!r}]",
         )
 

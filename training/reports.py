@@ -1,10 +1,11 @@
-"""Reports on a held-out split: per-class precision/recall/F1 (classification) and retrieval
-top-k (alignment), as JSON-able dicts, printable tables and ``report.json`` files."""
+"""Reports on a held-out split: per-class precision/recall/F1 (classification), MAE / RMSE / R²
+(regression), one of those per task (multi-task) and retrieval top-k (alignment), as JSON-able
+dicts, printable tables and ``report.json`` files."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,69 @@ def format_retrieval_report(report: dict[str, Any]) -> str:
     )
 
 
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """MAE, RMSE and R² (None when the truth is constant: R² is undefined) and the row count."""
+    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    n = len(y_true)
+    if n == 0:
+        return {"mae": 0.0, "rmse": 0.0, "r2": None, "support": 0}
+    error = y_pred - y_true
+    total = float(np.sum((y_true - y_true.mean()) ** 2))
+    return {
+        "mae": float(np.mean(np.abs(error))),
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "r2": 1.0 - float(np.sum(error**2)) / total if total > 0 else None,
+        "support": n,
+    }
+
+
+def regression_report(y_true: Mapping[str, np.ndarray], y_pred: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Per target MAE / RMSE / R²; the overall figures are their means over the targets."""
+    targets = {name: regression_metrics(y_true[name], y_pred[name]) for name in y_true}
+    r2 = [t["r2"] for t in targets.values() if t["r2"] is not None]
+    return {
+        "task": "regression",
+        "targets": targets,
+        "mae": float(np.mean([t["mae"] for t in targets.values()])) if targets else 0.0,
+        "rmse": float(np.mean([t["rmse"] for t in targets.values()])) if targets else 0.0,
+        "r2": float(np.mean(r2)) if r2 else None,
+        "support": max((t["support"] for t in targets.values()), default=0),
+    }
+
+
+def _r2(value: float | None) -> str:
+    return f"{value:9.3f}" if value is not None else f"{'n/a':>9}"
+
+
+def format_regression_report(report: dict[str, Any]) -> str:
+    width = max(12, *(len(name) for name in report["targets"]))
+    lines = [f"{'':>{width}}        mae       rmse         r2    support", ""]
+    for name, row in report["targets"].items():
+        lines.append(
+            f"{name:>{width}}  {row['mae']:9.3f}  {row['rmse']:9.3f}  {_r2(row['r2'])}  {row['support']:9d}"
+        )
+    if len(report["targets"]) > 1:
+        lines.append("")
+        lines.append(
+            f"{'mean':>{width}}  {report['mae']:9.3f}  {report['rmse']:9.3f}  {_r2(report['r2'])}  {report['support']:9d}"
+        )
+    return "\n".join(lines)
+
+
+def multitask_report(tasks: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """One report per task (classification or regression), each on the rows with its label."""
+    return {"task": "multitask", "tasks": dict(tasks)}
+
+
 def format_report(report: dict[str, Any]) -> str:
     if report["task"] == "alignment":
         return format_retrieval_report(report)
+    if report["task"] == "regression":
+        return format_regression_report(report)
+    if report["task"] == "multitask":
+        return "\n\n".join(
+            f"task {name} ({part['task']}):\n{format_report(part)}" for name, part in report["tasks"].items()
+        )
     return format_classification_report(report)
 
 

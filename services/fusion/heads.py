@@ -1,21 +1,13 @@
 """Trained heads on disk: save, validate + load, run (numpy in, numpy out), check against encoders.
 
 A head is a directory ``<heads_dir>/<name>/`` holding ``head.safetensors`` (the torch state
-dict; never pickle) and ``manifest.json``::
-
-    {"format_version": 1, "name": "match", "task": "classification" | "alignment",
-     "strategy": "weighted_sum" | "concat_mlp" | "gated" | "text_only" | "image_only" | "alignment",
-     "labels": ["no", "yes"],                       # classification only; [] for alignment
-     "input_dims": {"text": 384, "image": 1280},
-     "config": {"fused_dim": 256, "hidden_dim": 256, "dropout": 0.1},
-     "encoders": {"text": {"model_id": "...", "revision": "..."}, "image": {...}},
-     "metrics": {...}, "weights_sha256": "<hex of head.safetensors>", "created_at": "<ISO 8601>"}
-
+dict; never pickle) and ``manifest.json`` (schema and format versions: ``services.fusion.manifest``).
 The manifest's name must equal the directory's name (one name per head, no aliases).
 
-Inputs to ``Head.embed`` / ``Head.predict_proba``: ``text`` is a float array [N, input_dims.text]
-or None, ``image`` is [N, input_dims.image] or None; at least one is given, with the same N.
-Mixed batches pass masks, bool arrays [N] where True means "this row has that modality":
+Inputs to ``Head.embed`` / ``Head.predict`` / ``Head.predict_proba``: ``text`` is a float array
+[N, input_dims.text] or None, ``image`` is [N, input_dims.image] or None; at least one is given,
+with the same N. Mixed batches pass masks, bool arrays [N] where True means "this row has that
+modality":
 
 - ``text=None`` means no row has text (``text_mask``, if given, must be all False).
 - A given array with no mask means every row has that modality.
@@ -24,19 +16,18 @@ Mixed batches pass masks, bool arrays [N] where True means "this row has that mo
 
 What a head does with a missing modality is defined per strategy in ``strategies`` (weighted_sum
 renormalises its weights over the present modalities, concat_mlp substitutes a learned "missing"
-vector, gated forces its gate to the present modality, single-modality baselines fuse to zeros).
+vector, gated forces its gate to the present modality, attention masks the missing tokens out,
+single-modality baselines fuse to zeros). Whether a head *answers* such a row at all is its
+``missing_modality_policy``: ``refuse`` heads never saw a row without one of their modalities
+in training, and ``check_modalities`` turns such rows away with a message naming what is missing.
 Alignment heads embed an item as the normalised mean of its present modalities' projections.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,180 +39,53 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from services.common.backend import EncoderInfo
-from services.common.errors import FailedPrecondition, InvalidInput, MmserveError
+from services.common.errors import FailedPrecondition, InvalidInput
+from services.fusion.attention import AttentionFusion
+from services.fusion.manifest import (
+    FORMAT_VERSION,
+    MODALITIES,
+    TASKS,
+    EncoderRef,
+    HeadLoadError,
+    HeadManifest,
+    parse_manifest,
+)
+from services.fusion.outputs import CLASSIFICATION, Outputs, OutputSpec, split_outputs, task_of
 from services.fusion.strategies import (
     ALIGNMENT_STRATEGY,
-    CLASSIFICATION_STRATEGIES,
-    STRATEGY_MODALITIES,
     AlignmentHead,
-    FusionClassifier,
+    FusionModel,
     build_model,
-    resolve_config,
 )
 
-FORMAT_VERSION = 1
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "MODALITIES",
+    "TASKS",
+    "WEIGHTS_FILE",
+    "EncoderRef",
+    "Head",
+    "HeadLoadError",
+    "HeadManifest",
+    "IncompatibleHead",
+    "check_compatible",
+    "load_head",
+    "parse_manifest",
+    "save_head",
+    "update_metrics",
+]
+
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "head.safetensors"
-MODALITIES = ("text", "image")
-TASKS = ("classification", "alignment")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class HeadLoadError(MmserveError):
-    """A head on disk is corrupt, incomplete or inconsistent; it is never served."""
-
-    code = FailedPrecondition.code
 
 
 class IncompatibleHead(FailedPrecondition):
     """A head was trained on other encoders than the ones serving now."""
 
 
-@dataclass(frozen=True)
-class EncoderRef:
-    model_id: str
-    revision: str
-
-
-@dataclass(frozen=True)
-class HeadManifest:
-    """The parsed, validated ``manifest.json`` of one head."""
-
-    format_version: int
-    name: str
-    task: str
-    strategy: str
-    labels: tuple[str, ...]
-    input_dims: Mapping[str, int]
-    config: Mapping[str, Any]
-    encoders: Mapping[str, EncoderRef]
-    metrics: Mapping[str, Any]
-    weights_sha256: str
-    created_at: str
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        """The modalities this head reads (a text_only baseline needs no image encoder)."""
-        return STRATEGY_MODALITIES[self.strategy]
-
-    @property
-    def fused_dim(self) -> int:
-        return int(self.config["fused_dim"])
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format_version": self.format_version,
-            "name": self.name,
-            "task": self.task,
-            "strategy": self.strategy,
-            "labels": list(self.labels),
-            "input_dims": dict(self.input_dims),
-            "config": dict(self.config),
-            "encoders": {m: dataclasses.asdict(ref) for m, ref in self.encoders.items()},
-            "metrics": dict(self.metrics),
-            "weights_sha256": self.weights_sha256,
-            "created_at": self.created_at,
-        }
-
-
-# --------------------------------------------------------------------------- manifest parsing
-
-
 def _fail(where: str, message: str) -> HeadLoadError:
     return HeadLoadError(f"head {where}: {message}")
-
-
-def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in data:
-        raise _fail(where, f"manifest lacks {key!r}")
-    value = data[key]
-    # bool is an int subclass; a dimension of `true` is a corrupt manifest, not 1.
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise _fail(where, f"manifest field {key!r} must be {names}, got {type(value).__name__}")
-    return value
-
-
-def parse_manifest(data: Any, where: str = "<memory>") -> HeadManifest:
-    """Validates a manifest's schema (not its weights); raises HeadLoadError naming the problem."""
-    if not isinstance(data, dict):
-        raise _fail(where, "manifest is not a JSON object")
-    version = _require(data, "format_version", int, where)
-    if version != FORMAT_VERSION:
-        raise _fail(where, f"unsupported format_version {version} (this server reads {FORMAT_VERSION})")
-    name = _require(data, "name", str, where)
-    if not _NAME_RE.match(name):
-        raise _fail(where, f"invalid name {name!r} (letters, digits, '.', '_', '-'; at most 128)")
-    task = _require(data, "task", str, where)
-    if task not in TASKS:
-        raise _fail(where, f"unknown task {task!r}; known: {', '.join(TASKS)}")
-    strategy = _require(data, "strategy", str, where)
-    allowed = (ALIGNMENT_STRATEGY,) if task == "alignment" else CLASSIFICATION_STRATEGIES
-    if strategy not in allowed:
-        raise _fail(where, f"strategy {strategy!r} is not a {task} strategy; known: {', '.join(allowed)}")
-
-    labels = _require(data, "labels", list, where) if task == "classification" else data.get("labels", [])
-    if not isinstance(labels, list) or not all(isinstance(label, str) and label for label in labels):
-        raise _fail(where, "labels must be a list of non-empty strings")
-    if task == "classification" and len(labels) < 2:
-        raise _fail(where, f"a classification head needs at least 2 labels, got {len(labels)}")
-    if len(set(labels)) != len(labels):
-        raise _fail(where, "labels must be unique")
-
-    raw_dims = _require(data, "input_dims", dict, where)
-    input_dims: dict[str, int] = {}
-    for modality in MODALITIES:
-        dim = _require(raw_dims, modality, int, f"{where} input_dims")
-        if dim <= 0:
-            raise _fail(where, f"input_dims.{modality} must be positive, got {dim}")
-        input_dims[modality] = dim
-
-    raw_config = _require(data, "config", dict, where)
-    try:
-        config = resolve_config(strategy, raw_config)
-    except ValueError as exc:
-        raise _fail(where, str(exc)) from None
-    for key, value in config.items():
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise _fail(where, f"config.{key} must be a non-negative number, got {value!r}")
-    if int(config["fused_dim"]) < 1 or config["fused_dim"] != int(config["fused_dim"]):
-        raise _fail(where, f"config.fused_dim must be a positive integer, got {config['fused_dim']!r}")
-
-    raw_encoders = _require(data, "encoders", dict, where)
-    encoders: dict[str, EncoderRef] = {}
-    for modality in MODALITIES:
-        ref = _require(raw_encoders, modality, dict, f"{where} encoders")
-        encoders[modality] = EncoderRef(
-            model_id=_require(ref, "model_id", str, f"{where} encoders.{modality}"),
-            revision=_require(ref, "revision", str, f"{where} encoders.{modality}"),
-        )
-
-    metrics = data.get("metrics", {})
-    if not isinstance(metrics, dict):
-        raise _fail(where, "metrics must be a JSON object")
-    sha = _require(data, "weights_sha256", str, where)
-    if not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise _fail(where, "weights_sha256 must be 64 lower-case hex digits")
-    created_at = _require(data, "created_at", str, where)
-
-    return HeadManifest(
-        format_version=version,
-        name=name,
-        task=task,
-        strategy=strategy,
-        labels=tuple(labels),
-        input_dims=input_dims,
-        config=config,
-        encoders=encoders,
-        metrics=metrics,
-        weights_sha256=sha,
-        created_at=created_at,
-    )
 
 
 # --------------------------------------------------------------------------- the loaded head
@@ -254,7 +118,7 @@ def _as_mask(mask: np.ndarray | Sequence[bool] | None, n: int, has_array: bool, 
 class Head:
     """A loaded head: eval mode, CPU, inference only. Thread-safe (no state changes after load)."""
 
-    def __init__(self, manifest: HeadManifest, module: FusionClassifier | AlignmentHead) -> None:
+    def __init__(self, manifest: HeadManifest, module: FusionModel | AlignmentHead) -> None:
         self.manifest = manifest
         self._module = module.eval()
 
@@ -273,6 +137,47 @@ class Head:
     @property
     def fused_dim(self) -> int:
         return self.manifest.fused_dim
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]:
+        return self.manifest.outputs
+
+    @property
+    def can_explain(self) -> bool:
+        """Whether ``predict(explain=True)`` has attention weights to return."""
+        return isinstance(self._module, FusionModel) and isinstance(self._module.fusion, AttentionFusion)
+
+    def modalities_used(self, has_text: Sequence[bool], has_image: Sequence[bool]) -> list[tuple[str, ...]]:
+        """Per row, the modalities this head reads that the row carries (what its answer rests on)."""
+        wanted = self.manifest.modalities
+        return [
+            tuple(m for m, present in (("text", t), ("image", i)) if present and m in wanted)
+            for t, i in zip(has_text, has_image, strict=True)
+        ]
+
+    def check_modalities(self, has_text: Sequence[bool], has_image: Sequence[bool]) -> None:
+        """Refuses (InvalidInput) rows that lack a modality this head reads, unless its policy allows it.
+
+        Rows lacking every modality the head reads are refused under either policy: nothing
+        would be left to answer from.
+        """
+        wanted = self.manifest.modalities
+        for index, row in enumerate(zip(has_text, has_image, strict=True)):
+            present = dict(zip(("text", "image"), row, strict=True))
+            missing = [m for m in wanted if not present[m]]
+            if not missing:
+                continue
+            if len(missing) == len(wanted):
+                raise InvalidInput(
+                    f"inputs[{index}] has no {' and no '.join(missing)}: head {self.name!r} reads "
+                    f"{' and '.join(wanted)}"
+                )
+            if self.manifest.missing_modality_policy == "refuse":
+                raise InvalidInput(
+                    f"inputs[{index}] has no {missing[0]}: head {self.name!r} needs "
+                    f"{' and '.join(wanted)} (it never saw a row without {missing[0]} in training; "
+                    f"missing-modality policy 'refuse')"
+                )
 
     def _prepare(self, text, image, text_mask, image_mask):
         dims = self.manifest.input_dims
@@ -308,13 +213,46 @@ class Head:
         with torch.inference_mode():
             return self._module.embed(*inputs).numpy()
 
-    def predict_proba(self, text=None, image=None, text_mask=None, image_mask=None) -> np.ndarray:
-        """Class probabilities [N, len(labels)] float32, columns in ``labels`` order."""
-        if not isinstance(self._module, FusionClassifier):
-            raise FailedPrecondition(f"head {self.name!r} is an alignment head; it has no labels to predict")
+    def _decision(self) -> FusionModel:
+        if not isinstance(self._module, FusionModel):
+            raise FailedPrecondition(f"head {self.name!r} is an alignment head; it has nothing to predict")
+        return self._module
+
+    def predict(
+        self, text=None, image=None, text_mask=None, image_mask=None, explain: bool = False
+    ) -> Outputs:
+        """Every output's answer for N rows: class probabilities (calibrated) and values (in target units).
+
+        ``explain`` adds the attention heads' [CLS] attention weights [N, 3] (cls, text, image).
+        """
+        module = self._decision()
+        if explain and not self.can_explain:
+            raise InvalidInput(
+                f"head {self.name!r} ({self.manifest.strategy}) has no attention weights; "
+                "explain needs an attention head"
+            )
         inputs = self._prepare(text, image, text_mask, image_mask)
         with torch.inference_mode():
-            return torch.softmax(self._module(*inputs), dim=-1).numpy()
+            raw = module(*inputs).double().numpy()
+            # Temperatures by missing modality apply to the modalities this head reads.
+            reads = self.manifest.modalities
+            masks = {
+                m: inputs[2 + i].numpy() if m in reads else None for i, m in enumerate(("text", "image"))
+            }
+            outputs = split_outputs(raw, self.outputs, masks["text"], masks["image"])
+            if explain:
+                weights = module.fusion.attention_weights(*inputs).numpy()
+                outputs = Outputs(outputs.probabilities, outputs.values, weights)
+        return outputs
+
+    def predict_proba(self, text=None, image=None, text_mask=None, image_mask=None) -> np.ndarray:
+        """Class probabilities [N, len(labels)] float32 of a classification head, in ``labels`` order."""
+        self._decision()
+        if self.task != CLASSIFICATION:
+            raise FailedPrecondition(
+                f"head {self.name!r} is a {self.task} head; read its outputs with predict()"
+            )
+        return self.predict(text, image, text_mask, image_mask).probabilities[self.outputs[0].name]
 
     def _alignment(self) -> AlignmentHead:
         if not isinstance(self._module, AlignmentHead):
@@ -383,13 +321,16 @@ def load_head(path: Path | str) -> Head:
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise _fail(where, f"{WEIGHTS_FILE} is not a valid safetensors file: {exc}") from None
 
-    module = build_model(
-        manifest.strategy,
-        manifest.input_dims["text"],
-        manifest.input_dims["image"],
-        dict(manifest.config),
-        num_labels=len(manifest.labels),
-    )
+    try:
+        module = build_model(
+            manifest.strategy,
+            manifest.input_dims["text"],
+            manifest.input_dims["image"],
+            dict(manifest.config),
+            num_outputs=manifest.num_outputs,
+        )
+    except ValueError as exc:
+        raise _fail(where, f"config {dict(manifest.config)} does not build: {exc}") from None
     expected = _expected_shapes(module)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -403,7 +344,7 @@ def load_head(path: Path | str) -> Head:
             raise _fail(
                 where,
                 f"tensor {key!r} has shape {list(state[key].shape)} but the manifest "
-                f"(input_dims {dict(manifest.input_dims)}, {len(manifest.labels)} labels, "
+                f"(input_dims {dict(manifest.input_dims)}, {manifest.num_outputs} output columns, "
                 f"config {dict(manifest.config)}) implies {list(shape)}",
             )
         if not torch.isfinite(state[key]).all():
@@ -414,53 +355,71 @@ def load_head(path: Path | str) -> Head:
 
 def save_head(
     directory: Path | str,
-    module: FusionClassifier | AlignmentHead,
+    module: FusionModel | AlignmentHead,
     *,
     strategy: str,
     input_dims: Mapping[str, int],
     config: Mapping[str, Any],
     encoders: Mapping[str, EncoderRef | Mapping[str, str]],
     labels: Sequence[str] = (),
+    outputs: Sequence[OutputSpec] = (),
+    missing_modality_policy: str = "allow",
+    fusion_weights: Mapping[str, float] | None = None,
     metrics: Mapping[str, Any] | None = None,
 ) -> HeadManifest:
     """Writes ``module``'s weights and a manifest into ``directory`` (whose name is the head's name).
 
-    The weights are written before the manifest, so a scanner that sees a manifest sees weights
-    matching its sha256 (or, mid-rewrite, a mismatch it refuses rather than a half-written head).
+    A classification head may give just ``labels`` (one output named ``label``); others give
+    ``outputs``. The weights are written before the manifest, so a scanner that sees a manifest
+    sees weights matching its sha256 (or, mid-rewrite, a mismatch it refuses rather than a
+    half-written head).
     """
     directory = Path(directory)
-    task = "alignment" if strategy == ALIGNMENT_STRATEGY else "classification"
+    alignment = strategy == ALIGNMENT_STRATEGY
+    if not outputs and labels and not alignment:
+        outputs = (OutputSpec("label", CLASSIFICATION, tuple(labels)),)
+    outputs = () if alignment else tuple(outputs)
     state = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
     blob = save_safetensors(state)
     refs = {m: ref if isinstance(ref, EncoderRef) else EncoderRef(**ref) for m, ref in encoders.items()}
     manifest_data = {
         "format_version": FORMAT_VERSION,
         "name": directory.name,
-        "task": task,
+        "task": "alignment" if alignment else task_of(outputs),
         "strategy": strategy,
-        "labels": list(labels),
+        "outputs": [output.to_json() for output in outputs],
+        "missing_modality_policy": missing_modality_policy,
         "input_dims": dict(input_dims),
         "config": dict(config),
-        "encoders": {m: dataclasses.asdict(ref) for m, ref in refs.items()},
+        "encoders": {m: {"model_id": r.model_id, "revision": r.revision} for m, r in refs.items()},
         "metrics": dict(metrics or {}),
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if fusion_weights:
+        manifest_data["fusion_weights"] = dict(fusion_weights)
     manifest = parse_manifest(manifest_data, repr(directory.name))
     directory.mkdir(parents=True, exist_ok=True)
     _write_atomic(directory / WEIGHTS_FILE, blob)
-    _write_atomic(directory / MANIFEST_FILE, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
+    _write_atomic(directory / MANIFEST_FILE, _manifest_bytes(manifest.to_json()))
     return manifest
 
 
 def update_metrics(directory: Path | str, metrics: Mapping[str, Any]) -> HeadManifest:
-    """Merges ``metrics`` into a saved head's manifest (evaluation runs after saving)."""
+    """Merges ``metrics`` into a saved head's manifest (evaluation runs after saving).
+
+    The rest of the manifest is written back as it was (a format 1 head stays format 1).
+    """
     directory = Path(directory)
     data = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
     data["metrics"] = {**data.get("metrics", {}), **metrics}
     manifest = parse_manifest(data, repr(directory.name))
-    _write_atomic(directory / MANIFEST_FILE, (json.dumps(manifest.to_json(), indent=2) + "\n").encode())
+    _write_atomic(directory / MANIFEST_FILE, _manifest_bytes(data))
     return manifest
+
+
+def _manifest_bytes(data: Mapping[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2) + "\n").encode()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

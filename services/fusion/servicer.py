@@ -5,6 +5,10 @@ requests keep working while the vision encoder is down; when one encoder call fa
 is cancelled and the failure's status code reaches the caller unchanged. Before a head runs,
 the models that produced the embeddings are checked against the head's manifest. Head math on
 more than a few rows runs on a worker thread, off the event loop.
+
+Predict refuses inputs lacking a modality the head reads when the head's missing-modality
+policy is ``refuse`` (INVALID_ARGUMENT naming the input and the modality, before any encoder
+is called), and every prediction lists the modalities it rests on.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from services.common.matrix import to_matrix
 from services.common.settings import FusionSettings
 from services.fusion.clients import Embeddings, EncoderClients
 from services.fusion.heads import Head
+from services.fusion.outputs import CLASSIFICATION, Outputs
 from services.fusion.registry import HeadRegistry
 from services.fusion.similarity import NATIVE_LOGIT_SCALE, cosine_matrix, native_space_reason, zero_shot
 
@@ -49,6 +54,42 @@ async def gather_or_fail_fast(calls: Mapping[str, Awaitable[T]]) -> dict[str, T]
 
 def _has_text(item: fusion_pb2.MultimodalInput) -> bool:
     return item.HasField("text") and item.text.strip() != ""
+
+
+_MODALITY_ENUM = {"text": common_pb2.MODALITY_TEXT, "image": common_pb2.MODALITY_IMAGE}
+_ATTENTION_KEYS = ("cls", "text", "image")
+
+
+def _class_prediction(labels, row: np.ndarray) -> fusion_pb2.ClassPrediction:
+    best = int(np.argmax(row))
+    return fusion_pb2.ClassPrediction(
+        label=labels[best],
+        score=float(row[best]),
+        scores=[common_pb2.LabelScore(label=lb, score=float(p)) for lb, p in zip(labels, row, strict=True)],
+    )
+
+
+def _predictions(head: Head, outputs: Outputs, used: list[tuple[str, ...]]) -> list[fusion_pb2.Prediction]:
+    """One Prediction per row: the classification fields, values and tasks as the head's task has them."""
+    predictions = []
+    for index, modalities in enumerate(used):
+        prediction = fusion_pb2.Prediction(modalities=[_MODALITY_ENUM[m] for m in modalities])
+        for spec in head.outputs:
+            if spec.kind != CLASSIFICATION:
+                prediction.values[spec.name] = float(outputs.values[spec.name][index])
+                continue
+            answer = _class_prediction(spec.labels, outputs.probabilities[spec.name][index])
+            if head.task == CLASSIFICATION:
+                prediction.label, prediction.score = answer.label, answer.score
+                prediction.scores.extend(answer.scores)
+            else:
+                prediction.tasks[spec.name].CopyFrom(answer)
+        if outputs.attention is not None:
+            prediction.attention.update(
+                zip(_ATTENTION_KEYS, map(float, outputs.attention[index]), strict=True)
+            )
+        predictions.append(prediction)
+    return predictions
 
 
 class FusionService(fusion_pb2_grpc.FusionServiceServicer):
@@ -129,27 +170,23 @@ class FusionService(fusion_pb2_grpc.FusionServiceServicer):
 
     async def Predict(self, request: fusion_pb2.PredictRequest, context: grpc.aio.ServicerContext):
         head = self._registry.get(request.head)
-        if head.manifest.task != "classification":
+        if head.manifest.task == "alignment":
             raise FailedPrecondition(
-                f"head {head.name!r} is an {head.manifest.task} head; Predict needs a classifier"
+                f"head {head.name!r} is an alignment head; Predict needs a classification, regression "
+                "or multi-task head"
             )
         self._check_inputs(request.inputs)
-        arrays = await self._encode(request.inputs, head, context)
-        probabilities = await self._run_head(head.predict_proba, len(request.inputs), **arrays)
-        labels = head.labels
-        predictions = []
-        for row in probabilities:
-            best = int(np.argmax(row))
-            predictions.append(
-                fusion_pb2.Prediction(
-                    label=labels[best],
-                    score=float(row[best]),
-                    scores=[
-                        common_pb2.LabelScore(label=lb, score=float(p))
-                        for lb, p in zip(labels, row, strict=True)
-                    ],
-                )
+        has_text = [_has_text(item) for item in request.inputs]
+        has_image = [item.HasField("image") for item in request.inputs]
+        head.check_modalities(has_text, has_image)  # before spending any encoder call
+        if request.explain and not head.can_explain:
+            raise InvalidInput(
+                f"head {head.name!r} ({head.manifest.strategy}) has no attention weights; "
+                "explain needs an attention head"
             )
+        arrays = await self._encode(request.inputs, head, context)
+        outputs = await self._run_head(head.predict, len(request.inputs), **arrays, explain=request.explain)
+        predictions = _predictions(head, outputs, head.modalities_used(has_text, has_image))
         return fusion_pb2.PredictResponse(predictions=predictions, head=head.name)
 
     def _check_similarity(self, texts: list[str], images: list[bytes], labels: list[str]) -> None:
@@ -241,4 +278,9 @@ def _head_info(head: Head) -> fusion_pb2.HeadInfo:
         vision_model_id=m.encoders["image"].model_id,
         embedding_dim=m.fused_dim,
         metrics_json=json.dumps(dict(m.metrics), default=str),
+        format_version=m.format_version,
+        missing_modality_policy=m.missing_modality_policy,
+        fusion_weights=dict(m.fusion_weights),
+        outputs=[fusion_pb2.HeadOutput(name=o.name, kind=o.kind, labels=list(o.labels)) for o in m.outputs],
+        modalities=[_MODALITY_ENUM[modality] for modality in m.modalities],
     )

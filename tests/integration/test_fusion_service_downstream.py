@@ -115,7 +115,7 @@ def write_head(heads_dir: Path, name: str = "match", strategy: str = "weighted_s
     torch.manual_seed(0)
     save_head(
         heads_dir / name,
-        build_model(strategy, TEXT_DIM, IMAGE_DIM, {"fused_dim": 8, "hidden_dim": 8}, num_labels=2),
+        build_model(strategy, TEXT_DIM, IMAGE_DIM, {"fused_dim": 8, "hidden_dim": 8}, num_outputs=2),
         strategy=strategy,
         input_dims={"text": TEXT_DIM, "image": IMAGE_DIM},
         config={"fused_dim": 8, "hidden_dim": 8},

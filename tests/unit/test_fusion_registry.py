@@ -32,7 +32,7 @@ PROBE_IMAGE = np.random.default_rng(1).standard_normal((3, IMAGE.embedding_dim))
 def save(directory: Path, seed: int = 0, strategy: str = "weighted_sum", encoders=ENCODERS) -> None:
     torch.manual_seed(seed)
     module = build_model(
-        strategy, TEXT.embedding_dim, IMAGE.embedding_dim, {"fused_dim": 8, "hidden_dim": 8}, num_labels=2
+        strategy, TEXT.embedding_dim, IMAGE.embedding_dim, {"fused_dim": 8, "hidden_dim": 8}, num_outputs=2
     )
     save_head(
         directory,

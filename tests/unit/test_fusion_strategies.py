@@ -12,7 +12,7 @@ from services.fusion.strategies import (
     CLASSIFICATION_STRATEGIES,
     FUSION_STRATEGIES,
     AlignmentHead,
-    FusionClassifier,
+    FusionModel,
     build_model,
     contrastive_loss,
     resolve_config,
@@ -29,9 +29,9 @@ def _inputs(seed: int = 0):
     return text, image
 
 
-def _model(strategy: str, num_labels: int = 3, seed: int = 0) -> FusionClassifier:
+def _model(strategy: str, num_labels: int = 3, seed: int = 0) -> FusionModel:
     torch.manual_seed(seed)
-    return build_model(strategy, TEXT_DIM, IMAGE_DIM, CONFIG, num_labels=num_labels).eval()
+    return build_model(strategy, TEXT_DIM, IMAGE_DIM, CONFIG, num_outputs=num_labels).eval()
 
 
 ALL = torch.ones(N, dtype=torch.bool)
@@ -81,8 +81,11 @@ def test_rows_are_independent(strategy: str) -> None:
             torch.testing.assert_close(batch[row : row + 1], one)
 
 
-def test_weighted_sum_mixes_with_softmax_weights_and_renormalises_over_present() -> None:
-    model = _model("weighted_sum")
+def test_format1_weighted_sum_mixes_with_softmax_weights_and_renormalises_over_present() -> None:
+    torch.manual_seed(0)
+    model = build_model(
+        "weighted_sum", TEXT_DIM, IMAGE_DIM, {**CONFIG, "branch_norm": 0}, num_outputs=3
+    ).eval()
     fusion = model.fusion
     with torch.no_grad():
         fusion.modality_logits.copy_(torch.tensor([0.3, -0.5]))
@@ -195,3 +198,56 @@ def test_contrastive_loss_is_symmetric_infonce() -> None:
     aligned = torch.eye(5) * 20
     assert contrastive_loss(aligned) < 1e-6 < contrastive_loss(aligned.roll(1, dims=0))
     assert F.cross_entropy(logits, torch.arange(5)) != contrastive_loss(logits)  # both directions count
+
+
+def test_weighted_sum_normalises_branches_so_the_weights_are_the_modalities_shares() -> None:
+    model = _model("weighted_sum")
+    fusion = model.fusion
+    with torch.no_grad():
+        fusion.modality_logits.copy_(torch.tensor([0.3, -0.5]))
+        # Scale one projection up 100x: without normalisation it would drown the other branch.
+        fusion.proj_image[1].weight.mul_(100)
+        fusion.missing.copy_(torch.randn(2, CONFIG["fused_dim"]))
+    text, image = _inputs()
+    w_text = math.exp(0.3) / (math.exp(0.3) + math.exp(-0.5))
+    assert fusion.learned_weights() == pytest.approx({"text": w_text, "image": 1 - w_text})
+    with torch.no_grad():
+        n_text = F.layer_norm(fusion.proj_text(text), (CONFIG["fused_dim"],))
+        n_image = F.layer_norm(fusion.proj_image(image), (CONFIG["fused_dim"],))
+        assert n_image.std(dim=1, unbiased=False).allclose(torch.ones(N), atol=1e-3)
+        torch.testing.assert_close(fusion(text, image, ALL, ALL), w_text * n_text + (1 - w_text) * n_image)
+        # A missing modality keeps its weight; its branch is the learned placeholder.
+        torch.testing.assert_close(
+            fusion(text, image, ALL, NONE), w_text * n_text + (1 - w_text) * fusion.missing[1]
+        )
+        torch.testing.assert_close(
+            fusion(text, image, NONE, ALL), w_text * fusion.missing[0] + (1 - w_text) * n_image
+        )
+        assert torch.count_nonzero(fusion(text, image, NONE, NONE)) == 0
+
+
+def test_attention_masks_a_missing_modality_out_of_every_token() -> None:
+    """A masked modality gives exactly the output of the row without it, whatever its values."""
+    model = _model("attention")
+    text, image = _inputs()
+    other_image = torch.full_like(image, float("nan"))
+    with torch.no_grad():
+        without = model(text, torch.zeros_like(image), ALL, NONE)
+        torch.testing.assert_close(model(text, image, ALL, NONE), without)
+        torch.testing.assert_close(model(text, other_image, ALL, NONE), without)
+        assert not torch.allclose(model(text, image, ALL, ALL), without)
+        weights = model.fusion.attention_weights(text, image, MIXED_TEXT, MIXED_IMAGE)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(N))
+    assert (weights >= 0).all()
+    assert weights[1, 2] == 0 and weights[2, 1] == 0  # row 1 has no image, row 2 no text
+
+
+def test_attention_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="multiple of num_heads"):
+        resolve_config("attention", {"fused_dim": 10, "num_heads": 4})
+    with pytest.raises(ValueError, match="whole number"):
+        resolve_config("attention", {"num_layers": 1.5})
+    config = resolve_config("attention", {})
+    assert config["num_layers"] >= 1 and config["tokens_per_modality"] >= 1 and config["dropout"] == 0.0
+    model = build_model("attention", TEXT_DIM, IMAGE_DIM, {"fused_dim": 8, "num_layers": 2}, num_outputs=2)
+    assert len(model.fusion.layers) == 2

@@ -24,6 +24,8 @@ from werkzeug.serving import make_server
 from gateway.app import create_app
 from gateway.errors import HTTP_STATUS
 from mmserve.v1 import (
+    audio_pb2,
+    audio_pb2_grpc,
     common_pb2,
     fusion_pb2,
     fusion_pb2_grpc,
@@ -51,6 +53,10 @@ def text_vector(text: str) -> np.ndarray:
 
 def image_vector(image: bytes) -> np.ndarray:
     return vector(image, 12)
+
+
+def audio_vector(clip: bytes) -> np.ndarray:
+    return vector(clip, 6)
 
 
 @dataclass
@@ -140,10 +146,56 @@ class FakeVision(vision_pb2_grpc.VisionEncoderServiceServicer):
             model_id="fake-vision",
         )
 
+    def EmbedVideo(self, request, context):
+        """A video's vector is its bytes' image vector; two frames each, at 0 and 0.5 s."""
+        self.b.enter("vision.EmbedVideo", request, context)
+        rows = np.stack([image_vector(v) for v in request.videos])
+        frames = [vision_pb2.VideoFrames(embeddings=to_matrix(np.stack([row, row])), timestamps_s=[0.0, 0.5])
+                  for row in rows] if request.include_frames else []  # fmt: skip
+        return vision_pb2.EmbedVideoResponse(
+            embeddings=to_matrix(rows), duration_s=[1.0] * len(rows), num_frames=[2] * len(rows),
+            frames=frames, model_id="fake-vision",
+        )  # fmt: skip
+
     def GetModelInfo(self, request, context):
         self.b.enter("vision.GetModelInfo", request, context)
         return common_pb2.ModelInfo(
             model_id="fake-vision", embedding_dim=12, modality=common_pb2.MODALITY_IMAGE, num_labels=10
+        )
+
+
+class FakeAudio(audio_pb2_grpc.AudioEncoderServiceServicer):
+    def __init__(self, backends: Backends) -> None:
+        self.b = backends
+
+    def Embed(self, request, context):
+        self.b.enter("audio.Embed", request, context)
+        rows = np.stack([audio_vector(c) for c in request.clips])
+        segments = [audio_pb2.AudioSegments(embeddings=to_matrix(row[None]), start_s=[0.0], end_s=[0.25])
+                    for row in rows] if request.include_segments else []  # fmt: skip
+        return audio_pb2.EmbedAudioResponse(
+            embeddings=to_matrix(rows),
+            duration_s=[0.25] * len(rows),
+            segments=segments,
+            model_id="fake-audio",
+        )
+
+    def Classify(self, request, context):
+        self.b.enter("audio.Classify", request, context)
+        labels = [common_pb2.LabelScore(label=n, score=v) for n, v in (("Speech", 0.75), ("Music", 0.5))]
+        return audio_pb2.ClassifyAudioResponse(
+            results=[
+                audio_pb2.AudioClassification(labels=labels[: request.top_k or 2]) for _ in request.clips
+            ],
+            model_id="fake-audio",
+        )
+
+    def GetModelInfo(self, request, context):
+        self.b.enter("audio.GetModelInfo", request, context)
+        tasks = [common_pb2.TaskModel(task="embed", model_id="fake-audio"),
+                 common_pb2.TaskModel(task="classify", model_id="fake-audio", num_labels=2)]  # fmt: skip
+        return common_pb2.ModelInfo(
+            model_id="fake-audio", embedding_dim=6, modality=common_pb2.MODALITY_AUDIO, tasks=tasks
         )
 
 
@@ -204,6 +256,7 @@ def backends() -> Iterator[Backends]:
         ("text", FakeText, text_pb2_grpc.add_TextEncoderServiceServicer_to_server),
         ("vision", FakeVision, vision_pb2_grpc.add_VisionEncoderServiceServicer_to_server),
         ("fusion", FakeFusion, fusion_pb2_grpc.add_FusionServiceServicer_to_server),
+        ("audio", FakeAudio, audio_pb2_grpc.add_AudioEncoderServiceServicer_to_server),
     ):
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         add(servicer(state), server)
@@ -230,7 +283,7 @@ def gateway_app(backends: Backends, **overrides):
     options = {"deadline_s": DEADLINE_S, "max_items_per_request": 8, **overrides}
     settings = GatewaySettings(
         text_address=backends.addresses["text"], vision_address=backends.addresses["vision"],
-        fusion_address=backends.addresses["fusion"], **options,
+        fusion_address=backends.addresses["fusion"], audio_address=backends.addresses["audio"], **options,
     )  # fmt: skip
     return create_app(settings, CollectorRegistry())
 
@@ -403,7 +456,7 @@ def test_predict_shorthand_equals_the_list_form(client, b) -> None:
     sent = b.requests("fusion.Predict")[0]
     assert sent.head == "match" and sent.inputs[0].text == "a red circle" and sent.inputs[0].image == image
     assert single["predictions"] == [
-        {"label": "match", "score": 0.75, "scores": {"match": 0.75, "mismatch": 0.25}}
+        {"label": "match", "score": 0.75, "scores": {"match": 0.75, "mismatch": 0.25}, "modalities": []}
     ]
     text_only = ok(
         client.post("/v1/predict", json={"inputs": [{"text": "words", "image": None}], "head": "match"})
@@ -436,6 +489,8 @@ def test_fused_embed_similarity_ner_models_and_heads(client, b) -> None:
         ("fake-text", "text", "embed", 8),
         ("fake-ner", "text", "ner", 0),
         ("fake-vision", "image", "embed", 12),
+        ("fake-audio", "audio", "embed", 6),
+        ("fake-audio", "audio", "classify", 0),
     ]
     assert models[1]["labels"] == ["PER", "LOC"] and b.requests("text.GetModelInfo")[-1].include_labels
     heads = ok(client.get("/v1/heads"))["heads"]
@@ -443,7 +498,7 @@ def test_fused_embed_similarity_ner_models_and_heads(client, b) -> None:
 
 
 def test_readyz_is_ready_while_any_backend_serves_and_lists_each_state(client, b) -> None:
-    serving = {"text": "SERVING", "vision": "SERVING", "fusion": "SERVING"}
+    serving = {"text": "SERVING", "vision": "SERVING", "fusion": "SERVING", "audio": "SERVING"}
     assert ok(client.get("/readyz")) == {"status": "ready", "backends": serving}
     try:
         b.health["vision"].set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -454,6 +509,7 @@ def test_readyz_is_ready_while_any_backend_serves_and_lists_each_state(client, b
         }
         b.health["text"].set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         b.health["fusion"].set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        b.health["audio"].set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         response = client.get("/readyz")
         assert response.status_code == 503 and response.get_json() == {
             "status": "not_ready",
@@ -522,6 +578,65 @@ def test_no_classifier_served_is_a_400_that_says_so(client, b) -> None:
 def test_models_lists_what_is_served_while_an_encoder_is_down(client, b) -> None:
     b.fail["vision.GetModelInfo"] = (grpc.StatusCode.UNAVAILABLE, "vision is down")
     models = ok(client.get("/v1/models"))["data"]
+    b.fail["audio.GetModelInfo"] = (grpc.StatusCode.UNAVAILABLE, "audio is down")
+    assert {m["modality"] for m in models} == {"text", "audio"}
+    models = ok(client.get("/v1/models"))["data"]
     assert {m["modality"] for m in models} == {"text"}
     b.fail["text.GetModelInfo"] = (grpc.StatusCode.UNAVAILABLE, "text is down")
     assert client.get("/v1/models").status_code == 503
+
+
+def test_audio_routes_send_clips_untouched_json_or_multipart(client, b) -> None:
+    clips = [b"RIFF....WAVE one", b"ID3 two \x00\xff"]
+    body = ok(client.post("/v1/embed/audio", json={"clips": [b64(c) for c in clips]}))
+    assert (
+        list(b.requests("audio.Embed")[0].clips) == clips
+        and not b.requests("audio.Embed")[0].include_segments
+    )
+    np.testing.assert_array_equal(
+        np.array(body["embeddings"], np.float32), np.stack([audio_vector(c) for c in clips])
+    )
+    assert body["model"] == "fake-audio" and body["duration_s"] == [0.25, 0.25] and "segments" not in body
+    form = {"audio": [(io.BytesIO(c), f"c{i}.wav") for i, c in enumerate(clips)], "include_segments": "true"}
+    uploaded = ok(client.post("/v1/embed/audio", data=form, content_type="multipart/form-data"))
+    assert list(b.requests("audio.Embed")[1].clips) == clips and b.requests("audio.Embed")[1].include_segments
+    assert uploaded["embeddings"] == body["embeddings"]
+    assert uploaded["segments"][0] == {
+        "embeddings": [body["embeddings"][0]],
+        "start_s": [0.0],
+        "end_s": [0.25],
+    }
+    top = ok(client.post("/v1/classify/audio", data={"audio": [(io.BytesIO(clips[0]), "a.wav")], "top_k": "1"},
+                         content_type="multipart/form-data"))  # fmt: skip
+    assert b.requests("audio.Classify")[0].top_k == 1
+    assert top == {"model": "fake-audio", "results": [{"labels": [{"label": "Speech", "score": 0.75}]}]}
+
+
+def test_video_route_passes_sampling_and_returns_frames_on_request(client, b) -> None:
+    video = b"\x00\x00\x00\x18ftypmp42 not decoded by the gateway"
+    body = ok(client.post("/v1/embed/video", json={"videos": [b64(video)], "frames_per_second": 2}))
+    sent = b.requests("vision.EmbedVideo")[0]
+    assert list(sent.videos) == [video] and sent.frames_per_second == 2.0 and sent.num_frames == 0
+    assert body["num_frames"] == [2] and body["duration_s"] == [1.0] and "frames" not in body
+    np.testing.assert_array_equal(np.array(body["embeddings"][0], np.float32), image_vector(video))
+    form = {"video": [(io.BytesIO(video), "v.mp4")], "num_frames": "3", "include_frames": "1"}
+    uploaded = ok(client.post("/v1/embed/video", data=form, content_type="multipart/form-data"))
+    assert (
+        b.requests("vision.EmbedVideo")[1].num_frames == 3
+        and b.requests("vision.EmbedVideo")[1].include_frames
+    )
+    assert (
+        uploaded["frames"][0]["timestamps_s"] == [0.0, 0.5] and len(uploaded["frames"][0]["embeddings"]) == 2
+    )
+
+
+def test_openai_route_sends_audio_and_video_items_to_their_encoders(client, b) -> None:
+    clip, video = b"RIFF clip", b"\x1a\x45\xdf\xa3 webm"
+    items = [{"type": "video", "video": b64(video)}, "a text", {"type": "audio", "audio": b64(clip)}]
+    body = ok(client.post("/v1/embeddings", json={"input": items}))
+    assert list(b.requests("audio.Embed")[0].clips) == [clip]
+    assert list(b.requests("vision.EmbedVideo")[0].videos) == [video]
+    expected = [image_vector(video), text_vector("a text"), audio_vector(clip)]
+    for row, want in zip(body["data"], expected, strict=True):
+        np.testing.assert_array_equal(np.array(row["embedding"], dtype=np.float32), want)
+    assert body["model"] == "fake-text+fake-audio+fake-vision"

@@ -41,7 +41,7 @@ def _save(directory: Path, strategy: str, seed: int = 0, text_dim: int = TEXT_DI
     torch.manual_seed(seed)
     alignment = strategy == "alignment"
     config = {"fused_dim": 8} if alignment else CONFIG
-    module = build_model(strategy, text_dim, IMAGE_DIM, config, num_labels=0 if alignment else len(LABELS))
+    module = build_model(strategy, text_dim, IMAGE_DIM, config, num_outputs=0 if alignment else len(LABELS))
     # Move every parameter off its initial value so a load that silently skipped one would show.
     with torch.no_grad():
         for parameter in module.parameters():
@@ -104,7 +104,7 @@ def test_alignment_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(head.project_image(image), axis=1), 1.0, rtol=1e-5)
     assert head.logit_scale == pytest.approx(module.logit_scale.item())
     assert head.task == "alignment" and head.labels == ()
-    with pytest.raises(FailedPrecondition, match="alignment head; it has no labels"):
+    with pytest.raises(FailedPrecondition, match="alignment head; it has nothing to predict"):
         head.predict_proba(text, image)
     assert head.embed(text, None).shape == (5, 8)
 
@@ -214,21 +214,21 @@ def test_pickle_is_never_loaded(head_dir: Path, tmp_path: Path) -> None:
 
 
 def test_weights_of_another_shape_are_refused(head_dir: Path) -> None:
-    module = build_model("concat_mlp", TEXT_DIM + 4, IMAGE_DIM, CONFIG, num_labels=len(LABELS))
+    module = build_model("concat_mlp", TEXT_DIM + 4, IMAGE_DIM, CONFIG, num_outputs=len(LABELS))
     _rewrite_weights(head_dir, save_safetensors(module.state_dict()))
     with pytest.raises(HeadLoadError, match=r"tensor 'fusion\.\S+' has shape .* implies"):
         load_head(head_dir)
 
 
 def test_weights_of_another_strategy_are_refused(head_dir: Path) -> None:
-    module = build_model("weighted_sum", TEXT_DIM, IMAGE_DIM, CONFIG, num_labels=len(LABELS))
+    module = build_model("weighted_sum", TEXT_DIM, IMAGE_DIM, CONFIG, num_outputs=len(LABELS))
     _rewrite_weights(head_dir, save_safetensors(module.state_dict()))
     with pytest.raises(HeadLoadError, match="do not fit strategy 'concat_mlp'"):
         load_head(head_dir)
 
 
 def test_non_finite_weights_are_refused(head_dir: Path) -> None:
-    module = build_model("concat_mlp", TEXT_DIM, IMAGE_DIM, CONFIG, num_labels=len(LABELS))
+    module = build_model("concat_mlp", TEXT_DIM, IMAGE_DIM, CONFIG, num_outputs=len(LABELS))
     state = module.state_dict()
     state["classifier.0.bias"][0] = float("nan")
     _rewrite_weights(head_dir, save_safetensors(state))
@@ -239,12 +239,35 @@ def test_non_finite_weights_are_refused(head_dir: Path) -> None:
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda m: m.update(format_version=2), "unsupported format_version 2"),
+        (lambda m: m.update(format_version=3), "unsupported format_version 3"),
         (lambda m: m.pop("weights_sha256"), "lacks 'weights_sha256'"),
-        (lambda m: m.update(task="regression"), "unknown task 'regression'"),
+        (lambda m: m.update(task="ranking"), "unknown task 'ranking'"),
+        (lambda m: m.update(task="regression"), "does not fit its outputs"),
         (lambda m: m.update(strategy="alignment"), "not a classification strategy"),
-        (lambda m: m.update(labels=["only"]), "at least 2 labels"),
-        (lambda m: m.update(labels=["a", "a", "b"]), "labels must be unique"),
+        (lambda m: m.pop("outputs"), "lacks 'outputs'"),
+        (lambda m: m.update(outputs=[]), "needs at least one output"),
+        (lambda m: m["outputs"][0].update(labels=["only"]), "at least 2 unique labels"),
+        (lambda m: m["outputs"][0].update(labels=["a", "a", "b"]), "at least 2 unique labels"),
+        (lambda m: m["outputs"][0].update(kind="ranking"), r"outputs\[0\]\.kind must be one of"),
+        (lambda m: m["outputs"][0].update(name="../x"), "not a valid name"),
+        (lambda m: m["outputs"][0].update(temperature=0), "temperature must be positive"),
+        (lambda m: m["outputs"][0].update(temperature=float("nan")), "must be a finite number"),
+        (
+            lambda m: m["outputs"][0].update(missing_temperatures={"audio": 2.0}),
+            "missing_temperatures must map",
+        ),
+        (lambda m: m["outputs"].append(dict(m["outputs"][0])), "output names must be unique"),
+        (
+            lambda m: m["outputs"].append({"name": "y", "kind": "regression", "mean": 0, "std": 0}),
+            r"outputs\[1\]\.std must be positive",
+        ),
+        (lambda m: m.update(missing_modality_policy="sometimes"), "missing_modality_policy must be one of"),
+        (lambda m: m.pop("missing_modality_policy"), "lacks 'missing_modality_policy'"),
+        (lambda m: m.update(fusion_weights={"audio": 1.0}), "fusion_weights must map"),
+        (
+            lambda m: m.update(fusion_weights={"text": 1.5}),
+            r"fusion_weights\.text must be a number in \[0, 1\]",
+        ),
         (lambda m: m["input_dims"].update(text=384), r"has shape .* implies"),
         (lambda m: m["input_dims"].update(text="12"), "must be int"),
         (lambda m: m["input_dims"].update(image=True), "must be int"),

@@ -51,6 +51,7 @@ def test_demo_images_are_small_pngs(demo: Path) -> None:
     image = Image.open(demo / "images" / "00000.png")
     assert image.format == "PNG" and image.size == (demo_data.IMAGE_SIZE_PX,) * 2
     assert len(list((demo / "images").glob("*.png"))) == 200
+    assert len(list((demo / "images" / "region").glob("*.png"))) == 200
 
 
 def test_match_task_needs_both_modalities(demo: Path) -> None:

@@ -47,11 +47,11 @@ def matching() -> EmbeddedSet:
 
 @pytest.fixture(scope="module")
 def results(matching: EmbeddedSet):
-    strategies = ("weighted_sum", "concat_mlp", "gated", "text_only", "image_only")
+    strategies = ("weighted_sum", "concat_mlp", "gated", "attention", "text_only", "image_only")
     return {s: train_classifier(matching, s, SMALL, FAST) for s in strategies}
 
 
-@pytest.mark.parametrize("strategy", ["weighted_sum", "concat_mlp", "gated"])
+@pytest.mark.parametrize("strategy", ["weighted_sum", "concat_mlp", "gated", "attention"])
 def test_fusion_solves_what_no_single_modality_can(results, strategy: str) -> None:
     fused = results[strategy].metrics["test_accuracy"]
     singles = [results[s].metrics["test_accuracy"] for s in ("text_only", "image_only")]

@@ -1,7 +1,10 @@
-"""``python -m training.heads``: train one head, train the demo heads, or evaluate a head.
+"""``python -m training.heads``: train one head, train the demo heads, compare strategies, or evaluate a head.
 
 python -m training.heads train --data rows.jsonl --name match --strategy gated --out heads
+python -m training.heads train --data orders.jsonl --task regression --loss huber
+python -m training.heads train --data rows.jsonl --task multitask --task-weight total=0.5
 python -m training.heads demo --data data/demo --out heads
+python -m training.heads compare --data data/demo
 python -m training.heads evaluate --head heads/match
 """
 
@@ -12,19 +15,46 @@ import logging
 from pathlib import Path
 
 from services.common.errors import MmserveError
-from services.fusion.strategies import ALIGNMENT_STRATEGY, CLASSIFICATION_STRATEGIES
+from services.fusion.outputs import OUTPUT_KINDS
+from services.fusion.strategies import ALIGNMENT_STRATEGY, DECISION_STRATEGIES
 from training.encoder_options import add_encoder_arguments, create_embedder
-from training.heads import evaluate
-from training.heads.train import BASELINES, TrainConfig, TrainResult, train_demo, train_head
+from training.heads import compare, evaluate
+from training.heads.summary import format_summary
+from training.heads.train import BASELINES, TASK_TYPES, TrainConfig, TrainResult, train_demo, train_head
 from training.options import add_options, from_options
-from training.reports import format_report
 
 # Strategy hyper-parameters: passed to the strategy only when given.
 _HPARAMS = (
-    ("fused_dim", int, "Fused (or shared, for alignment) dimension."),
-    ("hidden_dim", int, "Hidden width of the MLPs."),
+    ("fused_dim", int, "Fused (or shared, for alignment) dimension; the token width for attention."),
+    ("hidden_dim", int, "Hidden width of the MLPs (and of the attention feed-forward layers)."),
     ("dropout", float, "Dropout rate."),
+    ("num_layers", int, "attention: transformer encoder layers."),
+    ("num_heads", int, "attention: attention heads per layer."),
+    ("tokens_per_modality", int, "attention: tokens each modality is projected to."),
 )
+
+
+def _named_values(kind: type, what: str):
+    """argparse type for ``name=value``."""
+
+    def parse(text: str) -> tuple[str, object]:
+        name, sep, value = text.partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"expected name=value, got {text!r}")
+        try:
+            return name, kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} of {name!r} must be a {kind.__name__}, got {value!r}"
+            ) from None
+
+    return parse
+
+
+def _kind(value: str) -> str:
+    if value not in OUTPUT_KINDS:
+        raise ValueError(value)
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,11 +68,17 @@ def _parser() -> argparse.ArgumentParser:
         "--data", type=Path, required=True, help="JSONL, CSV, or <dir>/<label>/<image> folder."
     )
     train.add_argument("--name", help="Head name (default: the data file's stem).")
-    train.add_argument("--task", choices=("classification", "alignment"), default="classification")
-    train.add_argument("--strategy", choices=[*CLASSIFICATION_STRATEGIES, ALIGNMENT_STRATEGY],
+    train.add_argument("--task", choices=TASK_TYPES, default="classification",
+                       help="classification (label), regression (target / targets), multitask (labels), alignment.")  # fmt: skip
+    train.add_argument("--strategy", choices=[*DECISION_STRATEGIES, ALIGNMENT_STRATEGY],
                        help="Fusion strategy (default: weighted_sum, or alignment with --task alignment).")  # fmt: skip
+    train.add_argument("--task-weight", type=_named_values(float, "--task-weight"), action="append", default=[],
+                       metavar="NAME=W", help="Loss weight of one task (multi-task / several targets); default 1.")  # fmt: skip
+    train.add_argument("--task-kind", type=_named_values(_kind, "--task-kind"), action="append", default=[],
+                       metavar="NAME=KIND",
+                       help="classification or regression for a multi-task task (default: numbers are regression).")  # fmt: skip
     train.add_argument("--baselines", action="store_true",
-                       help="Also train text_only and image_only on the same split; record their test accuracy.")  # fmt: skip
+                       help="Also train text_only and image_only on the same split; record their test figures.")  # fmt: skip
     for name, kind, help_text in _HPARAMS:
         train.add_argument("--" + name.replace("_", "-"), type=kind, help=help_text)
 
@@ -56,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
         add_options(command.add_argument_group("optimisation"), TrainConfig)
         add_encoder_arguments(command)
 
+    compare.add_arguments(
+        commands.add_parser("compare", help="Compare the fusion strategies on the demo tasks.")
+    )
     evaluate.add_arguments(commands.add_parser("evaluate", help="Re-run a head's report on any data."))
     return parser
 
@@ -63,10 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 def _print(trained: list[tuple[Path, TrainResult]]) -> None:
     for head_dir, result in trained:
         print(f"\n{head_dir} ({result.strategy}), held-out test split:")
-        print(format_report(result.report))
-        baselines = result.metrics.get("baselines_test_accuracy")
-        if baselines:
-            print("baselines (test accuracy): " + ", ".join(f"{k} {v:.3f}" for k, v in baselines.items()))
+        print(format_summary(result))
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[tuple[Path, TrainResult]]:
@@ -80,14 +116,28 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[tu
         finally:
             embedder.close()
     strategy = args.strategy or (ALIGNMENT_STRATEGY if args.task == "alignment" else "weighted_sum")
-    if args.task == "alignment" and strategy != ALIGNMENT_STRATEGY:
-        parser.error(f"--task alignment trains the alignment strategy, not {strategy!r}")
+    if (args.task == "alignment") != (strategy == ALIGNMENT_STRATEGY):
+        parser.error(f"--task {args.task} does not train the {strategy!r} strategy")
     hparams = {name: getattr(args, name) for name, _, _ in _HPARAMS if getattr(args, name) is not None}
     baselines = BASELINES if args.baselines else ()
     embedder = create_embedder(args)
     try:
         name = args.name or args.data.stem
-        return [train_head(args.data, name, strategy, args.out, embedder, cfg, hparams, baselines)]
+        return [
+            train_head(
+                args.data,
+                name,
+                strategy,
+                args.out,
+                embedder,
+                cfg,
+                hparams,
+                baselines,
+                task=args.task,
+                task_kinds=dict(args.task_kind),
+                task_weights=dict(args.task_weight),
+            )  # fmt: skip
+        ]
     finally:
         embedder.close()
 
@@ -99,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "evaluate":
             evaluate.run(args, parser)
+        elif args.command == "compare":
+            compare.run(args, parser)
         else:
             _print(_train(args, parser))
     except (OSError, ValueError, MmserveError) as exc:  # DataError is a ValueError

@@ -10,8 +10,8 @@ from gateway.api.v1.embeddings import FUSED_INPUTS, IMAGE, TEXT, multimodal_inpu
 from gateway.encoding import float_rows, json_response
 from gateway.endpoints import endpoint, state
 from gateway.errors import invalid
-from gateway.schema import Integer, ListOf, Object, String
-from mmserve.v1 import fusion_pb2, text_pb2, vision_pb2
+from gateway.schema import Boolean, Integer, ListOf, Object, String
+from mmserve.v1 import common_pb2, fusion_pb2, text_pb2, vision_pb2
 from services.common.matrix import from_matrix
 from services.common.settings import FusionSettings
 
@@ -27,38 +27,101 @@ def _label_scores(pairs) -> list[dict]:
     return [{"label": p.label, "score": _short(p.score)} for p in pairs]
 
 
-PREDICTION = obj(
-    {
-        "label": STR,
-        "score": NUM,
-        "scores": {
-            "type": "object",
-            "additionalProperties": NUM,
-            "description": "probability of every class",
-        },
+_SCORES = {"type": "object", "additionalProperties": NUM, "description": "probability of every class"}
+CLASS_ANSWER = obj({"label": STR, "score": NUM, "scores": _SCORES}, ["label", "score", "scores"])
+_COMMON = {
+    "modalities": {
+        **array({"type": "string", "enum": ["text", "image"]}),
+        "description": "the modalities this prediction rests on: those the input carries that the head reads",
     },
-    ["label", "score", "scores"],
+    "attention": {
+        **obj({"cls": NUM, "text": NUM, "image": NUM}),
+        "description": "with explain (attention heads): how the [CLS] token attends to itself, the text "
+        "and the image in the last layer; sums to 1",
+    },
+}
+_VALUES = {
+    "type": "object",
+    "additionalProperties": NUM,
+    "description": "each regression target's value, in the target's units",
+}
+PREDICTION = {
+    "oneOf": [
+        obj(
+            {**CLASS_ANSWER["properties"], **_COMMON},
+            ["label", "score", "scores", "modalities"],
+            title="classification head",
+            additionalProperties=False,
+        ),
+        obj({"values": _VALUES, **_COMMON}, ["values", "modalities"], title="regression head", additionalProperties=False),
+        obj(
+            {
+                "tasks": {"type": "object", "additionalProperties": CLASS_ANSWER,
+                          "description": "each classification task's answer"},
+                "values": {**_VALUES, "description": "each regression task's value"},
+                **_COMMON,
+            },
+            ["tasks", "values", "modalities"],
+            title="multi-task head",
+            additionalProperties=False,
+        ),
+    ]
+}  # fmt: skip
+PREDICT = Object(
+    {
+        **FUSED_INPUTS.fields,
+        "explain": Boolean(False, "Also return an attention head's [CLS] attention weights per input."),
+    },
+    required=FUSED_INPUTS.required,
+    prepare=FUSED_INPUTS.prepare,
+    description=FUSED_INPUTS.description,
+    example={"inputs": [{"text": "a red circle", "image": "<base64>"}], "head": "match"},
 )
+_MODALITY_NAMES = {common_pb2.MODALITY_TEXT: "text", common_pb2.MODALITY_IMAGE: "image"}
+
+
+def _class_answers(predictions) -> list[dict]:
+    """Label, score and class scores of each prediction, in one vectorised pass over the floats."""
+    labels = [s.label for s in predictions[0].scores] if predictions else []
+    floats = float_rows(np.array([[p.score, *(s.score for s in p.scores)] for p in predictions], np.float32))
+    return [
+        {"label": p.label, "score": row[0], "scores": dict(zip(labels, row[1:], strict=True))}
+        for p, row in zip(predictions, floats, strict=True)
+    ]
+
+
+def _prediction(p: fusion_pb2.Prediction, answer: dict | None) -> dict:
+    out: dict = dict(answer) if answer is not None else {}
+    if answer is None:
+        out["values"] = {name: float(value) for name, value in p.values.items()}
+    if p.tasks:
+        out["tasks"] = {name: _class_answers([task])[0] for name, task in p.tasks.items()}
+    out["modalities"] = [_MODALITY_NAMES.get(m, "unspecified") for m in p.modalities]
+    if p.attention:
+        out["attention"] = {key: _short(p.attention[key]) for key in ("cls", "text", "image")}
+    return out
 
 
 @endpoint(
     blueprint, "POST", "/predict",
-    summary="A trained classification head's decision for text and/or image inputs",
-    description="One prediction per input: the best label, its probability, and every class's probability.",
-    body=FUSED_INPUTS, response=obj({"head": STR, "predictions": array(PREDICTION)}, ["head", "predictions"]),
+    summary="A trained head's decision for text and/or image inputs",
+    description="One prediction per input, shaped by the head's task (GET /v1/heads): a classification "
+    "head gives the best label, its calibrated probability and every class's probability; a regression head "
+    "gives `values`, one number per target in the target's units; a multi-task head gives `tasks` (each "
+    "classification task's answer) and `values` (each regression task's). Every prediction lists the "
+    "`modalities` it rests on. A head whose missing-modality policy is `refuse` answers an input lacking "
+    "one of its modalities with 400 naming the input and the modality. `explain: true` (attention heads "
+    "only) adds each input's attention weights.",
+    body=PREDICT, response=obj({"head": STR, "predictions": array(PREDICTION)}, ["head", "predictions"]),
 )  # fmt: skip
 def predict(body: dict) -> Response:
-    request = fusion_pb2.PredictRequest(inputs=multimodal_inputs(body), head=body["head"])
-    reply = state().upstreams.call("fusion", "Predict", request)
-    labels = [s.label for s in reply.predictions[0].scores] if reply.predictions else []
-    # One vectorised pass over every probability: [best score, class scores...] per input.
-    rows = float_rows(
-        np.array([[p.score, *(s.score for s in p.scores)] for p in reply.predictions], np.float32)
+    request = fusion_pb2.PredictRequest(
+        inputs=multimodal_inputs(body), head=body["head"], explain=body["explain"]
     )
-    predictions = [
-        {"label": p.label, "score": row[0], "scores": dict(zip(labels, row[1:], strict=True))}
-        for p, row in zip(reply.predictions, rows, strict=True)
-    ]
+    reply = state().upstreams.call("fusion", "Predict", request)
+    classified = [p for p in reply.predictions if p.scores]
+    answers = iter(_class_answers(classified)) if classified else iter(())
+    predictions = [_prediction(p, next(answers) if p.scores else None) for p in reply.predictions]
     return json_response({"head": reply.head, "predictions": predictions})
 
 

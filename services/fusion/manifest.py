@@ -1,0 +1,279 @@
+"""A head's ``manifest.json``: its schema in two format versions, parsed and validated.
+
+Format 2 (written since regression and multi-task heads)::
+
+    {"format_version": 2, "name": "order", "task": "classification" | "regression" | "multitask" | "alignment",
+     "strategy": "weighted_sum" | "concat_mlp" | "gated" | "attention" | "text_only" | "image_only" | "alignment",
+     "outputs": [{"name": "variant", "kind": "classification", "labels": [...], "temperature": 1.3},
+                 {"name": "total", "kind": "regression", "mean": 10.5, "std": 6.1}],   # [] for alignment
+     "missing_modality_policy": "allow" | "refuse",
+     "fusion_weights": {"text": 0.45, "image": 0.55},      # weighted_sum heads: the learned weights
+     "input_dims": {"text": 384, "image": 1280},
+     "config": {"fused_dim": 256, "hidden_dim": 256, "dropout": 0.1, ...strategy-specific},
+     "encoders": {"text": {"model_id": "...", "revision": "..."}, "image": {...}},
+     "metrics": {...}, "weights_sha256": "<hex of head.safetensors>", "created_at": "<ISO 8601>"}
+
+``task`` must be what ``outputs`` make it (``services.fusion.outputs.task_of``). Format 1 (the
+first format: classification or alignment only) has ``"labels"`` instead of ``outputs``; it is
+read as one classification output named ``label`` with temperature 1, missing-modality policy
+``allow`` (how format 1 heads were always served) and, for weighted_sum, ``branch_norm: 0``,
+so a format 1 head computes exactly what it did when it was trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.errors import FailedPrecondition, MmserveError
+from services.fusion.outputs import (
+    CLASSIFICATION,
+    DEFAULT_CLASSIFICATION_OUTPUT,
+    OutputSpec,
+    parse_output,
+    task_of,
+)
+from services.fusion.strategies import (
+    ALIGNMENT_STRATEGY,
+    DECISION_STRATEGIES,
+    INTEGER_CONFIG_KEYS,
+    STRATEGY_MODALITIES,
+    resolve_config,
+)
+
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+MODALITIES = ("text", "image")
+TASKS = ("classification", "regression", "multitask", "alignment")
+POLICIES = ("allow", "refuse")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# What a format 1 manifest implies for keys it predates.
+_FORMAT1_CONFIG = {"weighted_sum": {"branch_norm": 0}}
+
+
+class HeadLoadError(MmserveError):
+    """A head on disk is corrupt, incomplete or inconsistent; it is never served."""
+
+    code = FailedPrecondition.code
+
+
+@dataclass(frozen=True)
+class EncoderRef:
+    model_id: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class HeadManifest:
+    """The parsed, validated ``manifest.json`` of one head."""
+
+    format_version: int
+    name: str
+    task: str
+    strategy: str
+    outputs: tuple[OutputSpec, ...]
+    input_dims: Mapping[str, int]
+    config: Mapping[str, Any]
+    encoders: Mapping[str, EncoderRef]
+    metrics: Mapping[str, Any]
+    weights_sha256: str
+    created_at: str
+    missing_modality_policy: str = "allow"
+    fusion_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities this head reads (a text_only baseline needs no image encoder)."""
+        return STRATEGY_MODALITIES[self.strategy]
+
+    @property
+    def fused_dim(self) -> int:
+        return int(self.config["fused_dim"])
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The labels of a classification head's one output; () for other tasks."""
+        return self.outputs[0].labels if self.task == CLASSIFICATION else ()
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the decision layer."""
+        return sum(output.width for output in self.outputs)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest in the current format (a format 1 head is written back as format 2)."""
+        data: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "task": self.task,
+            "strategy": self.strategy,
+            "outputs": [output.to_json() for output in self.outputs],
+            "missing_modality_policy": self.missing_modality_policy,
+            "input_dims": dict(self.input_dims),
+            "config": dict(self.config),
+            "encoders": {m: dataclasses.asdict(ref) for m, ref in self.encoders.items()},
+            "metrics": dict(self.metrics),
+            "weights_sha256": self.weights_sha256,
+            "created_at": self.created_at,
+        }
+        if self.fusion_weights:
+            data["fusion_weights"] = dict(self.fusion_weights)
+        return data
+
+
+def _fail(where: str, message: str) -> HeadLoadError:
+    return HeadLoadError(f"head {where}: {message}")
+
+
+def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise _fail(where, f"manifest lacks {key!r}")
+    value = data[key]
+    # bool is an int subclass; a dimension of `true` is a corrupt manifest, not 1.
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise _fail(where, f"manifest field {key!r} must be {names}, got {type(value).__name__}")
+    return value
+
+
+def _format1_outputs(data: Mapping[str, Any], task: str, where: str) -> tuple[OutputSpec, ...]:
+    if task not in ("classification", "alignment"):
+        raise _fail(where, f"unknown task {task!r} for format 1; known: classification, alignment")
+    labels = _require(data, "labels", list, where) if task == "classification" else data.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(label, str) and label for label in labels):
+        raise _fail(where, "labels must be a list of non-empty strings")
+    if task == "alignment":
+        return ()
+    if len(labels) < 2:
+        raise _fail(where, f"a classification head needs at least 2 labels, got {len(labels)}")
+    if len(set(labels)) != len(labels):
+        raise _fail(where, "labels must be unique")
+    return (OutputSpec(DEFAULT_CLASSIFICATION_OUTPUT, CLASSIFICATION, tuple(labels)),)
+
+
+def _format2_outputs(data: Mapping[str, Any], task: str, where: str) -> tuple[OutputSpec, ...]:
+    raw = _require(data, "outputs", list, where)
+    try:
+        outputs = tuple(parse_output(item, index) for index, item in enumerate(raw))
+    except ValueError as exc:
+        raise _fail(where, str(exc)) from None
+    names = [output.name for output in outputs]
+    if len(set(names)) != len(names):
+        raise _fail(where, f"output names must be unique, got {names}")
+    if task == "alignment":
+        if outputs:
+            raise _fail(where, "an alignment head has no outputs")
+        return outputs
+    if not outputs:
+        raise _fail(where, f"a {task} head needs at least one output")
+    if task_of(outputs) != task:
+        raise _fail(where, f"task {task!r} does not fit its outputs (they make a {task_of(outputs)} head)")
+    return outputs
+
+
+def _config(data: Mapping[str, Any], strategy: str, version: int, where: str) -> dict[str, Any]:
+    raw_config = dict(_require(data, "config", dict, where))
+    if version == 1:
+        raw_config = {**_FORMAT1_CONFIG.get(strategy, {}), **raw_config}
+    try:
+        config = resolve_config(strategy, raw_config)
+    except ValueError as exc:
+        raise _fail(where, str(exc)) from None
+    for key, value in config.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise _fail(where, f"config.{key} must be a non-negative number, got {value!r}")
+    for key in INTEGER_CONFIG_KEYS:
+        if key in config and key != "branch_norm" and int(config[key]) < 1:
+            raise _fail(where, f"config.{key} must be a positive integer, got {config[key]!r}")
+    if config["fused_dim"] != int(config["fused_dim"]):
+        raise _fail(where, f"config.fused_dim must be a positive integer, got {config['fused_dim']!r}")
+    return config
+
+
+def _fusion_weights(data: Mapping[str, Any], where: str) -> dict[str, float]:
+    weights = data.get("fusion_weights", {})
+    if not isinstance(weights, dict) or set(weights) - set(MODALITIES):
+        raise _fail(where, "fusion_weights must map text and/or image to numbers")
+    for modality, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise _fail(where, f"fusion_weights.{modality} must be a number in [0, 1], got {value!r}")
+    return {m: float(v) for m, v in weights.items()}
+
+
+def parse_manifest(data: Any, where: str = "<memory>") -> HeadManifest:
+    """Validates a manifest's schema (not its weights); raises HeadLoadError naming the problem."""
+    if not isinstance(data, dict):
+        raise _fail(where, "manifest is not a JSON object")
+    version = _require(data, "format_version", int, where)
+    if version not in READABLE_FORMAT_VERSIONS:
+        readable = ", ".join(map(str, READABLE_FORMAT_VERSIONS))
+        raise _fail(where, f"unsupported format_version {version} (this server reads {readable})")
+    name = _require(data, "name", str, where)
+    if not _NAME_RE.match(name):
+        raise _fail(where, f"invalid name {name!r} (letters, digits, '.', '_', '-'; at most 128)")
+    task = _require(data, "task", str, where)
+    if task not in TASKS:
+        raise _fail(where, f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    strategy = _require(data, "strategy", str, where)
+    allowed = (ALIGNMENT_STRATEGY,) if task == "alignment" else DECISION_STRATEGIES
+    if strategy not in allowed:
+        raise _fail(where, f"strategy {strategy!r} is not a {task} strategy; known: {', '.join(allowed)}")
+    if version == 1 and strategy == "attention":
+        raise _fail(where, "format 1 has no attention strategy")
+    outputs = _format1_outputs(data, task, where) if version == 1 else _format2_outputs(data, task, where)
+
+    policy = "allow" if version == 1 else _require(data, "missing_modality_policy", str, where)
+    if policy not in POLICIES:
+        raise _fail(where, f"missing_modality_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+
+    raw_dims = _require(data, "input_dims", dict, where)
+    input_dims: dict[str, int] = {}
+    for modality in MODALITIES:
+        dim = _require(raw_dims, modality, int, f"{where} input_dims")
+        if dim <= 0:
+            raise _fail(where, f"input_dims.{modality} must be positive, got {dim}")
+        input_dims[modality] = dim
+
+    config = _config(data, strategy, version, where)
+
+    raw_encoders = _require(data, "encoders", dict, where)
+    encoders: dict[str, EncoderRef] = {}
+    for modality in MODALITIES:
+        ref = _require(raw_encoders, modality, dict, f"{where} encoders")
+        encoders[modality] = EncoderRef(
+            model_id=_require(ref, "model_id", str, f"{where} encoders.{modality}"),
+            revision=_require(ref, "revision", str, f"{where} encoders.{modality}"),
+        )
+
+    metrics = data.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise _fail(where, "metrics must be a JSON object")
+    sha = _require(data, "weights_sha256", str, where)
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise _fail(where, "weights_sha256 must be 64 lower-case hex digits")
+    created_at = _require(data, "created_at", str, where)
+
+    return HeadManifest(
+        format_version=version,
+        name=name,
+        task=task,
+        strategy=strategy,
+        outputs=outputs,
+        input_dims=input_dims,
+        config=config,
+        encoders=encoders,
+        metrics=metrics,
+        weights_sha256=sha,
+        created_at=created_at,
+        missing_modality_policy=policy,
+        fusion_weights=_fusion_weights(data, where),
+    )
