@@ -102,10 +102,11 @@ def test_classify_ner_models_and_heads(gateway: str) -> None:
     assert {("Angela Merkel", "PERSON"), ("Paris", "GPE")} <= {(e["text"], e["label"]) for e in entities}
     models = ok(gateway + "/v1/models", None)["data"]
     embedders = [(m["modality"], m["embedding_dim"]) for m in models if m["task"] == "embed"]
-    assert embedders == [("text", 384), ("image", 1280)]
+    assert embedders == [("text", 384), ("image", 1280), ("audio", 1024)]
     by_task = {(m["modality"], m["task"]): m for m in models}
     assert {"PERSON", "GPE"} <= set(by_task["text", "ner"]["labels"])
     assert len(by_task["image", "classify"]["labels"]) == 1000
+    assert len(by_task["audio", "classify"]["labels"]) == 521
     heads = {h["name"]: h for h in ok(gateway + "/v1/heads", None)["heads"]}
     assert heads["match"]["task"] == "classification" and heads["align"]["task"] == "alignment"
 
