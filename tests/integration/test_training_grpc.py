@@ -20,9 +20,8 @@ pytestmark = pytest.mark.slow
 def samples(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[bytes]]:
     out = tmp_path_factory.mktemp("demo")
     demo_data.generate(out, n=10, seed=1)
-    texts = [json.loads(line)["text"] for line in (out / "align.jsonl").read_text().splitlines()]
-    images = [path.read_bytes() for path in sorted((out / "images").glob("*.png"))]
-    return texts, images
+    rows = [json.loads(line) for line in (out / "align.jsonl").read_text().splitlines()]
+    return [row["text"] for row in rows], [(out / row["image"]).read_bytes() for row in rows]
 
 
 @pytest.fixture(scope="module")
