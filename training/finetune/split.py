@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.data import split_indices
 from training.finetune.conll import Sentence, entity_type
 
 NO_ENTITY = "<none>"
@@ -25,24 +26,11 @@ class Splits:
 def stratified_split(keys: Sequence[str], dev_fraction: float, test_fraction: float, seed: int) -> Splits:
     """Per key, round(fraction * count) rows go to dev and to test; the rest train.
 
-    Deterministic given the keys and the seed, so a run is reproducible from ``--seed``.
+    The same split as the fusion heads' (``training.data.split_indices``), so a run is reproducible
+    from ``--seed`` in the same way everywhere.
     """
-    if not (0 <= dev_fraction < 1 and 0 <= test_fraction < 1 and dev_fraction + test_fraction < 1):
-        raise ValueError("dev and test fractions must be in [0, 1) and sum to less than 1")
-    rng = np.random.default_rng(seed)
-    groups: dict[str, list[int]] = {}
-    for index, key in enumerate(keys):
-        groups.setdefault(key, []).append(index)
-    train, dev, test = [], [], []
-    for key in sorted(groups):
-        rows = np.array(groups[key])
-        rng.shuffle(rows)
-        n_test = int(round(test_fraction * len(rows)))
-        n_dev = int(round(dev_fraction * len(rows)))
-        test.extend(rows[:n_test])
-        dev.extend(rows[n_test : n_test + n_dev])
-        train.extend(rows[n_test + n_dev :])
-    return Splits(*(np.sort(np.array(part, dtype=np.int64)) for part in (train, dev, test)))
+    shared = split_indices(keys, dev_fraction, test_fraction, seed)
+    return Splits(shared.train, shared.val, shared.test)
 
 
 def sentence_strata(sentences: Sequence[Sentence]) -> list[str]:
