@@ -25,6 +25,7 @@ import numpy as np
 import soxr
 
 from services.common.errors import InvalidInput, decoder_message
+from services.common.settings import settings_subset
 
 SUPPORTED_TEXT = "WAV, FLAC, OGG (Vorbis, Opus), MP3, M4A (AAC, ALAC)"
 # FFmpeg demuxer and decoders allowed for the formats libsndfile does not read.
@@ -61,13 +62,7 @@ class AudioLimits:
 
     @classmethod
     def from_settings(cls, settings: object) -> AudioLimits:
-        return cls(
-            max_audio_bytes=settings.max_audio_bytes,
-            max_audio_seconds=settings.max_audio_seconds,
-            min_sample_rate_hz=settings.min_sample_rate_hz,
-            max_sample_rate_hz=settings.max_sample_rate_hz,
-            max_channels=settings.max_channels,
-        )
+        return settings_subset(cls, settings)
 
 
 def sniff_format(data: bytes) -> str | None:

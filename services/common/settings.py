@@ -189,6 +189,12 @@ class FusionSettings(ServerSettings):
     auth_token_file: str = option("", "File holding fusion's caller token, presented to the encoders.")
 
 
+def settings_subset(cls: type[T], settings: object) -> T:
+    """A dataclass of limits filled from the settings fields of the same names (one declaration
+    of each limit: the settings; the limits class only picks what a component checks)."""
+    return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+
+
 def env_name(cls: type, field_name: str) -> str:
     return f"{cls.ENV_PREFIX}{field_name.upper()}"
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from services.common.errors import InvalidInput
+from services.common.settings import settings_subset
 
 # Pillow format names, in the order the parsers are tried.
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
@@ -68,11 +69,7 @@ class ImageLimits:
 
     @classmethod
     def from_settings(cls, settings: object) -> ImageLimits:
-        return cls(
-            max_image_bytes=settings.max_image_bytes,
-            max_image_pixels=settings.max_image_pixels,
-            min_image_side_px=settings.min_image_side_px,
-        )
+        return settings_subset(cls, settings)
 
 
 def configure_pillow(limits: ImageLimits) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.errors import InvalidInput, decoder_message
+from services.common.settings import settings_subset
 from services.vision.preprocessing import Preprocessor
 
 SUPPORTED_TEXT = "MP4/MOV or WebM/Matroska with H.264, H.265, VP8, VP9, AV1 or MPEG-4 Part 2 video"
@@ -54,14 +55,7 @@ class VideoLimits:
 
     @classmethod
     def from_settings(cls, settings: object) -> VideoLimits:
-        return cls(
-            max_video_bytes=settings.max_video_bytes,
-            max_video_seconds=settings.max_video_seconds,
-            max_video_frames=settings.max_video_frames,
-            max_video_decoded_frames=settings.max_video_decoded_frames,
-            max_video_frame_pixels=settings.max_video_frame_pixels,
-            max_video_decoded_pixels=settings.max_video_decoded_pixels,
-        )
+        return settings_subset(cls, settings)
 
 
 @dataclass(frozen=True)
