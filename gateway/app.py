@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from gateway.admission import InFlightBudget
 from gateway.api import service
 from gateway.api.v1 import BLUEPRINTS
+from gateway.api.v2 import BLUEPRINTS as V2_BLUEPRINTS
 from gateway.auth import authorized, parse_api_keys
 from gateway.body_limit import BODY_ERROR, BodyLimit
 from gateway.encoding import json_response
@@ -23,12 +24,15 @@ from gateway.image_urls import ImageUrlFetcher
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import openapi_document
 from gateway.upstreams import Upstreams, request_deadline
+from services.common import tracing
 from services.common.logs import request_id_var, sanitize_request_id
 from services.common.settings import GatewaySettings
 
 _ACCESS_LOG = logging.getLogger("gateway.access")
 _LOGGER = logging.getLogger(__name__)
-_PROTECTED_PREFIX = "/v1/"
+_PROTECTED_PREFIXES = ("/v1/", "/v2")
+# Open Inference Protocol probes stay open, like /healthz and /readyz.
+_OPEN_PREFIX = "/v2/health/"
 
 
 def create_app(settings: GatewaySettings | None = None, registry: CollectorRegistry | None = None) -> Flask:
@@ -39,9 +43,11 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
     prometheus-client's multiprocess mode instead.
     """
     settings = settings or GatewaySettings()
+    tracing.configure("gateway")  # before the channels: their interceptors depend on it
     metrics = GatewayMetrics(registry)
     budget = InFlightBudget(settings.max_in_flight_bytes)
     app = Flask(__name__, static_folder=None)
+    tracing.instrument_flask(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     install_state(
         app,
@@ -69,6 +75,7 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
             request_id_var.set(g.request_id),
             request_deadline.set(time.monotonic() + settings.deadline_s),
         )
+        tracing.set_request_id(g.request_id)
         metrics.in_flight.inc()
         body_error = request.environ.get(BODY_ERROR)
         if body_error is not None:  # too large or unreadable, found before the app saw the request
@@ -81,7 +88,8 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
                 f"{settings.max_in_flight_bytes}); retry later",
             )
         g.admitted = size
-        if api_keys and request.path.startswith(_PROTECTED_PREFIX) and not authorized(api_keys):
+        protected = request.path.startswith(_PROTECTED_PREFIXES) and not request.path.startswith(_OPEN_PREFIX)
+        if api_keys and protected and not authorized(api_keys):
             raise ApiError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or invalid API key; send 'Authorization: Bearer <key>'",
@@ -137,9 +145,11 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
         )
 
     app.register_blueprint(service.blueprint)
-    for blueprint in BLUEPRINTS:
+    for blueprint in (*BLUEPRINTS, *V2_BLUEPRINTS):
         app.register_blueprint(blueprint)
     app.extensions[service.OPENAPI_KEY] = json.dumps(openapi_document(operations(app), settings))
     # Oversized bodies get their 413 read by the client, chunked ones too (see gateway.body_limit).
-    app.wsgi_app = BodyLimit(app.wsgi_app, settings.max_body_bytes, settings.deadline_s)
+    app.wsgi_app = BodyLimit(
+        app.wsgi_app, settings.max_body_bytes, settings.deadline_s, settings.body_read_timeout_s
+    )
     return app

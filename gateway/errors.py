@@ -3,7 +3,7 @@
 Body, everywhere: ``{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "..."}}``.
 ``code`` is the HTTP status; ``status`` the gRPC status name (google/rpc/code.proto's HTTP
 mapping, as grpc-gateway uses), or for the few HTTP-only failures that have no gRPC status
-(405, 413, 415) an HTTP name. Errors raised by the gateway itself, Flask's own (404, 405, 413,
+(405, 408, 413, 415) an HTTP name. Errors raised by the gateway itself, Flask's own (404, 405, 413,
 bad multipart) and the backends' all go through ``ApiError``, so they cannot drift apart.
 """
 
@@ -32,7 +32,12 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
 # HTTP-only failures: status names for errors no gRPC code describes.
-HTTP_ONLY_STATUS = {405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
+HTTP_ONLY_STATUS = {
+    405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
 # The gRPC status reported for other HTTP errors Flask raises itself (routing, bad multipart).
 _STATUS_OF_HTTP = {
     400: grpc.StatusCode.INVALID_ARGUMENT,

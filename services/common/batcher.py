@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from services.common import tracing
 from services.common.errors import DeadlineExceeded, InferenceError, MmserveError, NotReady, Overloaded
 from services.common.metrics import ServiceMetrics
 
@@ -38,6 +39,7 @@ class _Request:
     deadline: float | None  # event-loop clock
     enqueued: float
     widest: int = field(default=1)  # cost of the request's most expensive item
+    trace: Any = None  # the caller's trace context when tracing is on
 
 
 class DynamicBatcher(Generic[ItemT, OutT]):
@@ -109,7 +111,14 @@ class DynamicBatcher(Generic[ItemT, OutT]):
         loop = asyncio.get_running_loop()
         now = loop.time()
         widest = max(map(self._cost, items), default=1) if self._cost is not None else 1
-        request = _Request(items, loop.create_future(), now + timeout_s if timeout_s else None, now, widest)
+        request = _Request(
+            items,
+            loop.create_future(),
+            now + timeout_s if timeout_s else None,
+            now,
+            widest,
+            tracing.capture(),
+        )
         self._pending.append(request)
         self._queued_items += count
         self._queue_depth.set(self._queued_items)
@@ -195,6 +204,17 @@ class DynamicBatcher(Generic[ItemT, OutT]):
             return
         finally:
             self._inference.observe(time.perf_counter() - began)
+        if tracing.enabled():
+            tracing.record_batch(
+                [(request.trace, request.enqueued) for request in batch],
+                started,
+                loop.time(),
+                {
+                    "mmserve.task": self._task,
+                    "mmserve.batch.items": len(items),
+                    "mmserve.batch.requests": len(batch),
+                },
+            )
         offset = 0
         for request in batch:
             count = len(request.items)

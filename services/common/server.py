@@ -14,18 +14,19 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import tracing
 from services.common.call_auth import CallerAuthInterceptor, CallerTokens
 from services.common.errors import MmserveError
 from services.common.logs import REQUEST_ID_HEADER, request_id_var, sanitize_request_id
 from services.common.metrics import ServiceMetrics, start_metrics_server
 from services.common.settings import ServerSettings
+from services.common.tls import AllowedClientsInterceptor, ReloadingServerCertificates, parse_allowed_clients
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class _ErrorsAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                     request_id = value
                     break
             token = request_id_var.set(sanitize_request_id(request_id))
+            tracing.set_request_id(request_id)
             code = grpc.StatusCode.OK
             try:
                 return await behavior(request, context)
@@ -118,12 +120,9 @@ class _ErrorsAndMetricsInterceptor(grpc.aio.ServerInterceptor):
 def _server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
     if not settings.tls_cert_file:
         return None
-    key = Path(settings.tls_key_file).read_bytes()
-    cert = Path(settings.tls_cert_file).read_bytes()
-    client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
+    return ReloadingServerCertificates(
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    ).credentials()
 
 
 @dataclass
@@ -156,9 +155,20 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 def create_server(settings: ServerSettings, service: Service, metrics: ServiceMetrics) -> RunningServer:
     """Builds the server with the service, health and reflection, bound to settings.host:port."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [_ErrorsAndMetricsInterceptor(metrics)]
+    # Tracing before errors/metrics: the call's span (continuing the caller's trace) is current there.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        *tracing.server_interceptors(),
+        _ErrorsAndMetricsInterceptor(metrics),
+    ]
     if settings.auth_tokens_file:  # first: an unknown caller is refused before anything runs
         interceptors.insert(0, CallerAuthInterceptor(CallerTokens(settings.auth_tokens_file)))
+    allowed_clients = parse_allowed_clients(settings.tls_allowed_clients)
+    if allowed_clients:
+        if not settings.tls_client_ca_file:
+            raise ValueError(
+                "tls_allowed_clients needs tls_client_ca_file (mTLS): without it no client has a cert"
+            )
+        interceptors.insert(0, AllowedClientsInterceptor(allowed_clients))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=server_options(settings),
@@ -188,6 +198,7 @@ async def _set_health(running: RunningServer, names: Sequence[str], status: int)
 
 async def serve(settings: ServerSettings, service: Service, metrics: ServiceMetrics, name: str) -> None:
     """Runs ``service`` until SIGTERM or SIGINT, then shuts down gracefully."""
+    tracing.configure(name)
     metrics_port = start_metrics_server(settings.metrics_port, settings.host, metrics.registry)
     running = create_server(settings, service, metrics)
     await _set_health(running, service.service_names, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -220,4 +231,5 @@ async def serve(settings: ServerSettings, service: Service, metrics: ServiceMetr
     if not starting.done():
         starting.cancel()
     await service.stop()
+    tracing.shutdown()
     _LOGGER.info("%s stopped", name)

@@ -38,6 +38,12 @@ class ServerSettings:
     tls_cert_file: str = option("", "PEM server certificate; enables TLS with tls_key_file.")
     tls_key_file: str = option("", "PEM private key of tls_cert_file.")
     tls_client_ca_file: str = option("", "PEM CA bundle; when set, clients must present a cert (mTLS).")
+    tls_allowed_clients: str = option(
+        "",
+        "With mTLS, comma-separated client identities (certificate DNS SAN or common name) accepted; "
+        "others get PERMISSION_DENIED. Empty: any cert from tls_client_ca_file. TLS files are re-read "
+        "when they change.",
+    )
     auth_tokens_file: str = option(
         "",
         "File of caller tokens, one '<caller> <token>' per line; when set, every call but health checks "
@@ -180,6 +186,10 @@ class FusionSettings(ServerSettings):
     )
     heads_dir: str = option("heads", "Directory of trained heads (safetensors + manifest JSON).")
     heads_reload_interval_s: float = option(2.0, "How often the heads directory is rescanned.")
+    max_head_weights_bytes: int = option(
+        512 * 1024 * 1024,
+        "Largest head weights file loaded, checked before reading; larger heads are refused.",
+    )
     default_deadline_s: float = option(10.0, "Deadline of downstream calls when the caller set none.")
     max_items_per_request: int = option(64, "Most inputs in one request.")
     max_candidate_labels: int = option(256, "Most zero-shot labels in one Similarity request.")
@@ -280,6 +290,11 @@ class GatewaySettings:
     max_body_bytes: int = option(32 * 1024 * 1024, "Largest accepted request body in bytes.")
     max_items_per_request: int = option(64, "Most inputs in one request.")
     deadline_s: float = option(10.0, "Deadline of each upstream gRPC call.")
+    body_read_timeout_s: float = option(
+        10.0,
+        "Most time a request body may take to arrive (and longest silence within it); a slower client "
+        "gets 408 and its connection is closed, so stalled uploads can't hold the worker threads.",
+    )
     retry_backoff_ms: float = option(
         50.0, "Wait before the one retry of an idempotent call that got UNAVAILABLE."
     )

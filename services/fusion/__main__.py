@@ -6,6 +6,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from services.common import tracing
 from services.common.device import configure_threads
 from services.common.logs import configure_logging
 from services.common.metrics import ServiceMetrics
@@ -22,10 +23,17 @@ HEAD_TORCH_THREADS = 1
 
 
 async def run(settings: FusionSettings) -> None:
+    tracing.configure("fusion")  # before the channels, whose interceptors depend on it
     # Channels are asyncio objects: they are made inside the running loop.
     clients = EncoderClients(settings)
-    registry = HeadRegistry(Path(settings.heads_dir), clients.refresh_infos, settings.heads_reload_interval_s)
     metrics = ServiceMetrics()
+    registry = HeadRegistry(
+        Path(settings.heads_dir),
+        clients.refresh_infos,
+        settings.heads_reload_interval_s,
+        max_weights_bytes=settings.max_head_weights_bytes,
+        metrics_registry=metrics.registry,
+    )
     await serve(settings, FusionService(settings, clients, registry), metrics, "fusion")
 
 

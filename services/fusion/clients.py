@@ -76,6 +76,11 @@ class EncoderClient:
         self._last_known: EncoderInfo | None = None  # kept while the encoder is down, for listings
         self._watch: asyncio.Task | None = None
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The encoder's channel, for calls beyond embeddings (the inference protocol's NER, labels)."""
+        return self._channel
+
     def start(self) -> None:
         self._watch = asyncio.get_running_loop().create_task(
             self._forget_on_disconnect(), name=f"{self.name}-watch"

@@ -43,11 +43,13 @@ from services.common.errors import FailedPrecondition, InvalidInput
 from services.fusion.attention import AttentionFusion
 from services.fusion.manifest import (
     FORMAT_VERSION,
+    MAX_MANIFEST_BYTES,
     MODALITIES,
     TASKS,
     EncoderRef,
     HeadLoadError,
     HeadManifest,
+    HeadTooLarge,
     parse_manifest,
 )
 from services.fusion.outputs import CLASSIFICATION, Outputs, OutputSpec, split_outputs, task_of
@@ -68,6 +70,7 @@ __all__ = [
     "Head",
     "HeadLoadError",
     "HeadManifest",
+    "HeadTooLarge",
     "IncompatibleHead",
     "check_compatible",
     "load_head",
@@ -86,6 +89,10 @@ class IncompatibleHead(FailedPrecondition):
 
 def _fail(where: str, message: str) -> HeadLoadError:
     return HeadLoadError(f"head {where}: {message}")
+
+
+def _too_large(where: str, message: str) -> HeadTooLarge:
+    return HeadTooLarge(f"head {where}: {message}")
 
 
 # --------------------------------------------------------------------------- the loaded head
@@ -286,12 +293,46 @@ class Head:
 # --------------------------------------------------------------------------- disk I/O
 
 
-def _expected_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+def _build(manifest: HeadManifest, where: str) -> FusionModel | AlignmentHead:
+    try:
+        return build_model(
+            manifest.strategy,
+            manifest.input_dims["text"],
+            manifest.input_dims["image"],
+            dict(manifest.config),
+            num_outputs=manifest.num_outputs,
+        )
+    except ValueError as exc:
+        raise _fail(where, f"config {dict(manifest.config)} does not build: {exc}") from None
+
+
+def _expected_shapes(manifest: HeadManifest, where: str) -> dict[str, tuple[int, ...]]:
+    """The state dict's shapes the manifest implies, from a module built on the meta device: no
+    memory is allocated, so a manifest can't make the server build a giant module before its
+    weights file, bounded in size, has been found to match."""
+    with torch.device("meta"):
+        module = _build(manifest, where)
     return {key: tuple(value.shape) for key, value in module.state_dict().items()}
 
 
-def load_head(path: Path | str) -> Head:
-    """Loads and validates the head in directory ``path``; raises HeadLoadError when anything is off."""
+def _read_bounded(path: Path, max_bytes: int | None, where: str) -> bytes:
+    """The file's bytes, refused (HeadTooLarge) past ``max_bytes``: checked on the size before
+    reading, and on what is read (the file may grow in between)."""
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise _too_large(where, f"{path.name} is {path.stat().st_size} bytes, over the limit {max_bytes}")
+    with path.open("rb") as file:
+        data = file.read() if max_bytes is None else file.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _too_large(where, f"{path.name} grew past the limit {max_bytes} bytes while being read")
+    return data
+
+
+def load_head(path: Path | str, max_weights_bytes: int | None = None) -> Head:
+    """Loads and validates the head in directory ``path``; raises HeadLoadError when anything is off.
+
+    ``max_weights_bytes`` bounds the weights file (the server passes its setting; offline tools
+    reading their own heads pass none). The manifest is always bounded by MAX_MANIFEST_BYTES.
+    """
     path = Path(path)
     where = repr(path.name)
     manifest_path, weights_path = path / MANIFEST_FILE, path / WEIGHTS_FILE
@@ -300,15 +341,18 @@ def load_head(path: Path | str) -> Head:
     for required in (manifest_path, weights_path):
         if not required.is_file():
             raise _fail(where, f"missing {required.name} in {path}")
+    raw_manifest = _read_bounded(manifest_path, MAX_MANIFEST_BYTES, where)
     try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        data = json.loads(raw_manifest.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _fail(where, f"{MANIFEST_FILE} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _too_large(where, f"{MANIFEST_FILE} is nested too deeply to parse") from None
     manifest = parse_manifest(data, where)
     if manifest.name != path.name:
         raise _fail(where, f"manifest names the head {manifest.name!r}; rename the directory or the manifest")
 
-    blob = weights_path.read_bytes()
+    blob = _read_bounded(weights_path, max_weights_bytes, where)
     digest = hashlib.sha256(blob).hexdigest()
     if digest != manifest.weights_sha256:
         raise _fail(
@@ -321,17 +365,7 @@ def load_head(path: Path | str) -> Head:
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise _fail(where, f"{WEIGHTS_FILE} is not a valid safetensors file: {exc}") from None
 
-    try:
-        module = build_model(
-            manifest.strategy,
-            manifest.input_dims["text"],
-            manifest.input_dims["image"],
-            dict(manifest.config),
-            num_outputs=manifest.num_outputs,
-        )
-    except ValueError as exc:
-        raise _fail(where, f"config {dict(manifest.config)} does not build: {exc}") from None
-    expected = _expected_shapes(module)
+    expected = _expected_shapes(manifest, where)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -349,6 +383,8 @@ def load_head(path: Path | str) -> Head:
             )
         if not torch.isfinite(state[key]).all():
             raise _fail(where, f"tensor {key!r} contains NaN or infinity")
+    # Only now is the module allocated: its shapes equal the weights', which are bounded in size.
+    module = _build(manifest, where)
     module.load_state_dict({key: value.float() for key, value in state.items()}, strict=True)
     return Head(manifest, module)
 

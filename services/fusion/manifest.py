@@ -18,6 +18,9 @@ first format: classification or alignment only) has ``"labels"`` instead of ``ou
 read as one classification output named ``label`` with temperature 1, missing-modality policy
 ``allow`` (how format 1 heads were always served) and, for weighted_sum, ``branch_norm: 0``,
 so a format 1 head computes exactly what it did when it was trained.
+
+A manifest is untrusted input (anyone who can write the heads directory writes it): its size,
+nesting and every number that sizes a tensor are bounded here, before anything is allocated.
 """
 
 from __future__ import annotations
@@ -54,11 +57,30 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # What a format 1 manifest implies for keys it predates.
 _FORMAT1_CONFIG = {"weighted_sum": {"branch_norm": 0}}
 
+# Bounds on what a manifest may ask for, far above any real head (embeddings are at most a few
+# thousand wide, heads have a few layers) and far below what would exhaust memory. The weights
+# file must still match the shapes exactly (heads.load_head), so these only stop a manifest from
+# sizing a giant module before that check can run.
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_MANIFEST_DEPTH = 32  # JSON nesting; metrics are echoed in ListHeads, so deep nesting is refused
+MAX_INPUT_DIM = 65_536
+MAX_LAYER_WIDTH = 65_536  # fused_dim, hidden_dim
+MAX_LAYER_COUNT = 64  # num_layers, num_heads, tokens_per_modality
+MAX_OUTPUT_COLUMNS = 65_536  # labels plus regression values, all outputs together
+_WIDTH_KEYS = ("fused_dim", "hidden_dim")
+
 
 class HeadLoadError(MmserveError):
     """A head on disk is corrupt, incomplete or inconsistent; it is never served."""
 
     code = FailedPrecondition.code
+    reason = "invalid"  # the label the registry counts refusals by (a bounded set)
+
+
+class HeadTooLarge(HeadLoadError):
+    """A head's files, or the module its manifest describes, exceed the bounds."""
+
+    reason = "too_large"
 
 
 @dataclass(frozen=True)
@@ -129,6 +151,33 @@ def _fail(where: str, message: str) -> HeadLoadError:
     return HeadLoadError(f"head {where}: {message}")
 
 
+def _too_large(where: str, message: str) -> HeadTooLarge:
+    return HeadTooLarge(f"head {where}: {message}")
+
+
+def _check_depth(data: Any, where: str) -> None:
+    """Refuses JSON nested deeper than MAX_MANIFEST_DEPTH (walked without recursion)."""
+    pending = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > MAX_MANIFEST_DEPTH:
+                    raise _too_large(where, f"manifest is nested deeper than {MAX_MANIFEST_DEPTH} levels")
+                pending.append((child, depth + 1))
+
+
+def _check_bounds(config: Mapping[str, Any], outputs: tuple[OutputSpec, ...], where: str) -> None:
+    for key in INTEGER_CONFIG_KEYS:
+        bound = MAX_LAYER_WIDTH if key in _WIDTH_KEYS else MAX_LAYER_COUNT
+        if key in config and config[key] > bound:
+            raise _too_large(where, f"config.{key} {config[key]} exceeds the bound {bound}")
+    columns = sum(output.width for output in outputs)
+    if columns > MAX_OUTPUT_COLUMNS:
+        raise _too_large(where, f"outputs have {columns} columns, over the bound {MAX_OUTPUT_COLUMNS}")
+
+
 def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in data:
         raise _fail(where, f"manifest lacks {key!r}")
@@ -179,11 +228,8 @@ def _config(data: Mapping[str, Any], strategy: str, version: int, where: str) ->
     raw_config = dict(_require(data, "config", dict, where))
     if version == 1:
         raw_config = {**_FORMAT1_CONFIG.get(strategy, {}), **raw_config}
-    try:
-        config = resolve_config(strategy, raw_config)
-    except ValueError as exc:
-        raise _fail(where, str(exc)) from None
-    for key, value in config.items():
+    # Numbers first: resolve_config's int() would raise on an infinite (JSON Infinity) or a list.
+    for key, value in raw_config.items():
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
@@ -191,6 +237,10 @@ def _config(data: Mapping[str, Any], strategy: str, version: int, where: str) ->
             or value < 0
         ):
             raise _fail(where, f"config.{key} must be a non-negative number, got {value!r}")
+    try:
+        config = resolve_config(strategy, raw_config)
+    except ValueError as exc:
+        raise _fail(where, str(exc)) from None
     for key in INTEGER_CONFIG_KEYS:
         if key in config and key != "branch_norm" and int(config[key]) < 1:
             raise _fail(where, f"config.{key} must be a positive integer, got {config[key]!r}")
@@ -213,6 +263,7 @@ def parse_manifest(data: Any, where: str = "<memory>") -> HeadManifest:
     """Validates a manifest's schema (not its weights); raises HeadLoadError naming the problem."""
     if not isinstance(data, dict):
         raise _fail(where, "manifest is not a JSON object")
+    _check_depth(data, where)
     version = _require(data, "format_version", int, where)
     if version not in READABLE_FORMAT_VERSIONS:
         readable = ", ".join(map(str, READABLE_FORMAT_VERSIONS))
@@ -241,9 +292,12 @@ def parse_manifest(data: Any, where: str = "<memory>") -> HeadManifest:
         dim = _require(raw_dims, modality, int, f"{where} input_dims")
         if dim <= 0:
             raise _fail(where, f"input_dims.{modality} must be positive, got {dim}")
+        if dim > MAX_INPUT_DIM:
+            raise _too_large(where, f"input_dims.{modality} {dim} exceeds the bound {MAX_INPUT_DIM}")
         input_dims[modality] = dim
 
     config = _config(data, strategy, version, where)
+    _check_bounds(config, outputs, where)
 
     raw_encoders = _require(data, "encoders", dict, where)
     encoders: dict[str, EncoderRef] = {}

@@ -7,6 +7,12 @@ trained on other encoders (model, revision or dimension) than the ones serving i
 the reason and never run on their embeddings. Each scan also re-reads the encoders' model info.
 An encoder that has never been reached is not held against a head; requests check the model
 that actually produced their embeddings (``check``) before any head runs on them.
+
+Whoever can write the heads directory is not trusted with the server: each head loads in
+isolation (any failure, expected or not, refuses that head alone with one WARNING line and a
+count in ``mmserve_fusion_heads_rejected_total{reason}``; the other heads keep serving and later
+scans still run), files are bounded in size before they are read (``load_head``), and a head
+whose directory or files resolve outside the heads directory (a symlink out) is refused.
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, Counter
+
 from services.common.backend import EncoderInfo
 from services.common.errors import FailedPrecondition, MmserveError, NotFound
+from services.common.settings import FusionSettings
 from services.fusion.heads import (
     MANIFEST_FILE,
     MODALITIES,
     WEIGHTS_FILE,
     Head,
+    HeadLoadError,
     HeadManifest,
     IncompatibleHead,
     check_compatible,
@@ -44,6 +54,35 @@ def _stamp(directory: Path) -> Stamp | None:
     return (manifest.st_mtime_ns, manifest.st_size, weights.st_mtime_ns, weights.st_size)
 
 
+class HeadOutsideDir(HeadLoadError):
+    """A head's directory or files resolve (through a symlink) outside the heads directory."""
+
+    reason = "outside_heads_dir"
+
+
+# Label of failures no check anticipated (a bug, or an input nobody thought of): still one head's.
+UNEXPECTED_REASON = "unexpected"
+
+
+def check_confined(directory: Path, root: Path) -> None:
+    """Refuses (HeadOutsideDir) a head whose directory or files resolve outside ``root``;
+    symlinks that stay inside it are fine."""
+    root = root.resolve()
+    for path in (directory, directory / MANIFEST_FILE, directory / WEIGHTS_FILE):
+        if not path.resolve().is_relative_to(root):
+            what = "directory" if path == directory else path.name
+            raise HeadOutsideDir(f"head {directory.name!r}: its {what} resolves outside the heads directory")
+
+
+def rejections_counter(registry: CollectorRegistry) -> Counter:
+    return Counter(
+        "mmserve_fusion_heads_rejected_total",
+        "Heads refused at load (each new or changed version once), by reason.",
+        ("reason",),
+        registry=registry,
+    )
+
+
 def check_head(manifest: HeadManifest, infos: Mapping[str, EncoderInfo | None]) -> None:
     """Raises IncompatibleHead if a known encoder differs from the head's; unknown ones pass."""
     trained = {
@@ -62,10 +101,19 @@ class _Loaded:
 class HeadRegistry:
     """Loaded heads by name; ``served()`` and ``get()`` answer from the last scan."""
 
-    def __init__(self, heads_dir: Path, refresh_infos: InfoSource, interval_s: float) -> None:
+    def __init__(
+        self,
+        heads_dir: Path,
+        refresh_infos: InfoSource,
+        interval_s: float,
+        max_weights_bytes: int = FusionSettings.max_head_weights_bytes,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> None:
         self._dir = heads_dir
         self._refresh_infos = refresh_infos
         self._interval_s = interval_s
+        self._max_weights_bytes = max_weights_bytes
+        self._rejected = rejections_counter(metrics_registry or CollectorRegistry())
         self._loaded: dict[str, _Loaded] = {}
         self._unloadable: dict[str, tuple[Stamp, str]] = {}  # why; kept until the files change
         self._refused: dict[str, str] = {}  # loaded, but incompatible with the serving encoders
@@ -94,7 +142,7 @@ class HeadRegistry:
         check_head(head.manifest, infos)
 
     async def start(self) -> None:
-        await self.scan()
+        await self._scan_logged()  # a failing first scan must not stop the service: the watcher retries
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="heads-watch")
 
     async def stop(self) -> None:
@@ -104,10 +152,13 @@ class HeadRegistry:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            try:
-                await self.scan()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad scan
-                _LOGGER.exception("heads scan failed")
+            await self._scan_logged()
+
+    async def _scan_logged(self) -> None:
+        try:
+            await self.scan()
+        except Exception:  # noqa: BLE001 - the watcher must outlive any one bad scan
+            _LOGGER.exception("heads scan failed")
 
     async def scan(self) -> None:
         """Re-reads the encoders' model info and the heads directory, then decides what is served."""
@@ -144,17 +195,31 @@ class HeadRegistry:
         if (current is not None and current.stamp == stamp) or (failed is not None and failed[0] == stamp):
             return
         try:
-            head = load_head(directory)
-        except MmserveError as error:
-            self._unloadable[name] = (stamp, str(error))
-            kept = "; the previously loaded version keeps serving" if current else ""
-            _LOGGER.error("head refused: %s%s", error, kept, extra={"fields": {"head": name}})
+            check_confined(directory, self._dir)
+            head = load_head(directory, self._max_weights_bytes)
+        except Exception as error:  # noqa: BLE001 - one head's failure, whatever it is, is that head's alone
+            self._refuse(name, stamp, error, kept=current is not None)
             return
         self._unloadable.pop(name, None)
         self._loaded[name] = _Loaded(head, stamp)
         _LOGGER.info(
             "head loaded",
             extra={"fields": {"head": name, "task": head.manifest.task, "strategy": head.manifest.strategy}},
+        )
+
+    def _refuse(self, name: str, stamp: Stamp, error: Exception, kept: bool) -> None:
+        if isinstance(error, MmserveError):
+            reason, message = getattr(error, "reason", UNEXPECTED_REASON), str(error)
+        else:
+            # The details may be anything (paths, internals): they go to the log, not to callers.
+            reason, message = UNEXPECTED_REASON, f"head {name!r} could not be loaded ({type(error).__name__})"
+        self._unloadable[name] = (stamp, message)
+        self._rejected.labels(reason).inc()
+        _LOGGER.warning(
+            "head refused: %s%s",
+            message if isinstance(error, MmserveError) else f"{message}: {error}",
+            "; the previously loaded version keeps serving" if kept else "",
+            extra={"fields": {"head": name, "reason": reason}},
         )
 
     def _decide_served(self) -> None:

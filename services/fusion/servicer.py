@@ -23,17 +23,23 @@ import grpc
 import numpy as np
 
 from mmserve.v1 import common_pb2, fusion_pb2, fusion_pb2_grpc
-from services.common.errors import FailedPrecondition, InvalidInput
+from services.common.errors import FailedPrecondition, InvalidInput, NotReady
 from services.common.matrix import to_matrix
-from services.common.settings import FusionSettings
+from services.common.settings import FusionSettings, TextSettings
 from services.fusion.clients import Embeddings, EncoderClients
 from services.fusion.heads import Head
+from services.fusion.inference_protocol import SERVICE_NAME as INFERENCE_PROTOCOL
+from services.fusion.inference_protocol import InferenceProtocolService
 from services.fusion.outputs import CLASSIFICATION, Outputs
 from services.fusion.registry import HeadRegistry
 from services.fusion.similarity import NATIVE_LOGIT_SCALE, cosine_matrix, native_space_reason, zero_shot
 
 # CLIP's zero-shot prompt: labels alone embed worse than a caption-like sentence.
 ZERO_SHOT_PROMPT = "a photo of a {}."
+
+# Texts per call to the text encoder: its own per-request limit (ModelInfo does not carry it), so
+# Similarity's texts plus up to max_candidate_labels prompts go out in calls it accepts.
+TEXT_ITEMS_PER_CALL = TextSettings.max_items_per_request
 
 # A head on a few rows takes 0.2-0.4 ms on one CPU core, about what the hop to a worker thread
 # costs, so it runs on the event loop; larger batches (up to ~1 ms at 64 rows) go to the thread.
@@ -50,6 +56,29 @@ async def gather_or_fail_fast(calls: Mapping[str, Awaitable[T]]) -> dict[str, T]
     except BaseExceptionGroup as failures:
         raise failures.exceptions[0] from None
     return {key: task.result() for key, task in tasks.items()}
+
+
+async def embed_in_chunks(
+    embed: Callable[[Sequence[str], float], Awaitable[Embeddings]],
+    items: Sequence[str],
+    chunk_size: int,
+    deadline: float,
+) -> Embeddings:
+    """``embed`` over more items than one call may carry: calls of ``chunk_size`` items sent at
+    once, their vectors concatenated in order. All must come from one model (NotReady if a
+    rolling update answered some calls with another)."""
+    if len(items) <= chunk_size:
+        return await embed(items, deadline)
+    starts = range(0, len(items), chunk_size)
+    parts = await gather_or_fail_fast(
+        {start: embed(items[start : start + chunk_size], deadline) for start in starts}
+    )
+    infos = {part.info for part in parts.values()}
+    if len(infos) > 1:
+        raise NotReady(
+            "the encoder answered parts of the request with different models (it is changing models); retry"
+        )
+    return Embeddings(np.concatenate([parts[start].vectors for start in starts]), infos.pop())
 
 
 def _has_text(item: fusion_pb2.MultimodalInput) -> bool:
@@ -93,7 +122,7 @@ def _predictions(head: Head, outputs: Outputs, used: list[tuple[str, ...]]) -> l
 
 
 class FusionService(fusion_pb2_grpc.FusionServiceServicer):
-    service_names = (fusion_pb2.DESCRIPTOR.services_by_name["FusionService"].full_name,)
+    service_names = (fusion_pb2.DESCRIPTOR.services_by_name["FusionService"].full_name, INFERENCE_PROTOCOL)
 
     def __init__(self, settings: FusionSettings, clients: EncoderClients, registry: HeadRegistry) -> None:
         self._settings = settings
@@ -101,9 +130,12 @@ class FusionService(fusion_pb2_grpc.FusionServiceServicer):
         self._registry = registry
         # One worker: heads are small, and only batches above INLINE_HEAD_MAX_ROWS come here.
         self._head_pool = ThreadPoolExecutor(1, thread_name_prefix="fusion-heads")
+        # The Open Inference Protocol (KServe/Triton clients), answered through this servicer.
+        self._inference_protocol = InferenceProtocolService(self, clients)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         fusion_pb2_grpc.add_FusionServiceServicer_to_server(self, server)
+        self._inference_protocol.add_to_server(server)
 
     async def start(self) -> None:
         """Scans the heads once (encoders may still be down; they are not needed to serve)."""
@@ -232,7 +264,9 @@ class FusionService(fusion_pb2_grpc.FusionServiceServicer):
         prompts = [ZERO_SHOT_PROMPT.format(label) for label in labels]
         results = await gather_or_fail_fast(
             {
-                "text": self._clients.embed_texts(texts + prompts, deadline),
+                "text": embed_in_chunks(
+                    self._clients.embed_texts, texts + prompts, TEXT_ITEMS_PER_CALL, deadline
+                ),
                 "image": self._clients.embed_images(images, deadline),
             }
         )

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from mmserve.v1 import common_pb2, vision_pb2, vision_pb2_grpc
+from services.common import tracing
 from services.common.backend import ModelDescription
 from services.common.encoder_service import EncoderService, check_item_count, label_scores, resolve_top_k
 from services.common.errors import FailedPrecondition
@@ -77,9 +78,10 @@ class VisionService(EncoderService, vision_pb2_grpc.VisionEncoderServiceServicer
     async def _prepare(self, images: Sequence[bytes]) -> list[np.ndarray]:
         images = check_item_count(images, self._vision_settings.max_items_per_request, "images", "image")
         loop = asyncio.get_running_loop()
-        batch = await loop.run_in_executor(
-            self._decode_pool, prepare_batch, images, self._limits, self._model.transform
-        )
+        with tracing.span("vision.decode_preprocess", **{"mmserve.items": len(images)}):
+            batch = await loop.run_in_executor(
+                self._decode_pool, prepare_batch, images, self._limits, self._model.transform
+            )
         return list(batch)
 
     async def Embed(self, request: vision_pb2.EmbedImageRequest, context: grpc.aio.ServicerContext):
@@ -97,9 +99,10 @@ class VisionService(EncoderService, vision_pb2_grpc.VisionEncoderServiceServicer
         )
         videos = check_item_count(request.videos, s.max_videos_per_request, "videos", "video")
         loop = asyncio.get_running_loop()
-        clips = await loop.run_in_executor(
-            self._decode_pool, prepare_videos, videos, self._video_limits, sampling, self._model.transform
-        )
+        with tracing.span("vision.decode_sample_video", **{"mmserve.items": len(videos)}):
+            clips = await loop.run_in_executor(
+                self._decode_pool, prepare_videos, videos, self._video_limits, sampling, self._model.transform
+            )
         frames = [frame for clip in clips for frame in clip.frames]
         # In chunks of one forward pass, so a long video shares the model fairly with other callers.
         chunks = [frames[i : i + s.max_batch_size] for i in range(0, len(frames), s.max_batch_size)]

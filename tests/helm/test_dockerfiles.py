@@ -95,7 +95,7 @@ def _runtime_requirements() -> list[str]:
 def _pins(lines: list[str]) -> dict[str, str]:
     pins = {}
     for line in lines:
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line.strip())
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)(?: \\)?", line.strip())
         if match:
             pins[match[1].lower().replace("_", "-")] = match[2]
     return pins
@@ -259,3 +259,52 @@ def test_gateway_image_has_everything_the_gateway_imports() -> None:
             third_party.add(top)
     unknown = sorted(t for t in third_party if GATEWAY_DISTRIBUTIONS.get(t) not in installed)
     assert not unknown, f"the gateway imports {unknown}, which requirements-gateway.txt does not install"
+
+
+def _pip_installs(dockerfile: Path) -> list[str]:
+    """Each `pip install ...` command of the Dockerfile's RUN lines."""
+    commands = []
+    for op, args in dockerfile_instructions(dockerfile):
+        if op == "RUN":
+            commands += [m.strip() for m in re.findall(r"pip install([^;&|]*)", args)]
+    return commands
+
+
+@pytest.mark.parametrize("dockerfile", [GATEWAY, MODEL], ids=["gateway", "model"])
+def test_images_install_from_hash_locked_files(dockerfile: Path) -> None:
+    installs = _pip_installs(dockerfile)
+    assert installs
+    for command in installs:
+        if dockerfile == MODEL and re.fullmatch(r'"(torch|onnxruntime-gpu)==\$\{\w+\}"', command):
+            continue  # the cuda variant's CUDA wheels (docs/security.md, known gaps)
+        assert "--require-hashes" in command, f"{dockerfile.name}: pip install{command}"
+        lock = re.search(r"-r (\S+\.lock)", command)
+        assert lock and (ROOT / lock[1]).exists(), f"{dockerfile.name}: pip install{command}"
+    assert not [s for s in _copy_sources(dockerfile) if s.endswith(".txt")], "images install the locks only"
+
+
+def test_image_locks_hold_what_the_images_need_and_no_more() -> None:
+    model = _pins((ROOT / "requirements-model.lock").read_text().splitlines())
+    gateway = _pins((ROOT / "requirements-gateway.lock").read_text().splitlines())
+    for name, version in _pins(_runtime_requirements()).items():
+        assert model.get(name) == version, name
+    assert not {"pytest", "ruff", "grpcio-tools"} & set(model)
+    assert "torch" not in gateway
+
+
+def test_base_image_is_pinned_by_digest() -> None:
+    for dockerfile in (GATEWAY, MODEL):
+        (line,) = [
+            line for line in dockerfile.read_text().splitlines() if line.startswith("ARG PYTHON_IMAGE=")
+        ]
+        assert re.fullmatch(r"ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-\w+@sha256:[0-9a-f]{64}", line), line
+
+
+def test_base_image_can_be_pinned_by_digest() -> None:
+    from scripts import pin_base_image
+
+    text = GATEWAY.read_text()
+    tag = pin_base_image.current_tag(GATEWAY)
+    assert tag == pin_base_image.current_tag(MODEL), "one Python base for both images"
+    pinned = pin_base_image._ARG.sub(f"ARG PYTHON_IMAGE=python:{tag}@sha256:{'a' * 64}", text, count=1)
+    assert f"python:{tag}@sha256:{'a' * 64}" in pinned and pinned.count("ARG PYTHON_IMAGE=") == 1

@@ -118,8 +118,12 @@ def test_chart_tls_probe_checks_health_over_mtls(tmp_path: Path, log_dir: Path) 
             assert service.process.poll() is None, service.log_tail()
             time.sleep(1)
         assert result.returncode == 0, result.stderr
-        # The probe really verifies: certificates from another CA fail the same check.
-        _tls_secret(tmp_path, name)
+        # The probe really verifies: a CA that did not issue the certificates fails the same check.
+        # (Only ca.crt changes: the server reloads a whole new consistent set on its own.)
+        other = tmp_path / "other-ca"
+        other.mkdir()
+        _tls_secret(other, name)
+        (tmp_path / "ca.crt").write_bytes((other / "ca.crt").read_bytes())
         assert _run([sys.executable, *probe[1:]], {}).returncode != 0
     finally:
         service.stop()

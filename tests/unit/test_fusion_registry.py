@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import resource
 import shutil
+import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import torch
+from prometheus_client import CollectorRegistry
 
 from services.common.backend import EncoderInfo
 from services.common.errors import FailedPrecondition, NotFound
+from services.fusion import registry as registry_module
 from services.fusion.heads import MANIFEST_FILE, WEIGHTS_FILE, IncompatibleHead, save_head
+from services.fusion.manifest import MAX_INPUT_DIM, MAX_MANIFEST_BYTES, MAX_MANIFEST_DEPTH
 from services.fusion.registry import HeadRegistry, check_head
 from services.fusion.strategies import build_model
 
@@ -199,3 +205,170 @@ def test_a_missing_heads_directory_serves_nothing(tmp_path: Path, encoders: Enco
     save(tmp_path / "absent" / "a")
     scan(registry)
     assert names(registry) == ["a"]
+
+
+# --------------------------------------------------------------------------- hostile or corrupt heads
+
+
+@pytest.fixture
+def metrics() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+def rejected(metrics: CollectorRegistry, reason: str) -> float:
+    return metrics.get_sample_value("mmserve_fusion_heads_rejected_total", {"reason": reason}) or 0.0
+
+
+def rewrite_manifest(directory: Path, **changes) -> None:
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest.update(changes)
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def deeply_nested(directory: Path) -> None:
+    (directory / MANIFEST_FILE).write_text("[" * 200_000 + "]" * 200_000)
+
+
+def huge_input_dims(directory: Path) -> None:
+    rewrite_manifest(directory, input_dims={"text": 10**12, "image": IMAGE.embedding_dim})
+
+
+def oversized_manifest(directory: Path) -> None:
+    rewrite_manifest(directory, metrics={"note": "x" * (MAX_MANIFEST_BYTES + 1)})
+
+
+def nested_metrics(directory: Path) -> None:
+    nested: dict = {}
+    for _ in range(200):  # parses fine, but would be echoed by ListHeads
+        nested = {"n": nested}
+    rewrite_manifest(directory, metrics=nested)
+
+
+def infinite_config(directory: Path) -> None:
+    (directory / MANIFEST_FILE).write_text(
+        (directory / MANIFEST_FILE).read_text().replace('"hidden_dim": 8', '"hidden_dim": Infinity')
+    )
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason", "message"),
+    [
+        (deeply_nested, "too_large", "nested too deeply"),
+        (huge_input_dims, "too_large", f"exceeds the bound {MAX_INPUT_DIM}"),
+        (oversized_manifest, "too_large", f"over the limit {MAX_MANIFEST_BYTES}"),
+        (nested_metrics, "too_large", f"nested deeper than {MAX_MANIFEST_DEPTH}"),
+        (infinite_config, "invalid", "hidden_dim"),
+    ],
+)
+def test_a_hostile_head_is_refused_alone_and_counted(
+    tmp_path: Path, encoders: Encoders, metrics: CollectorRegistry, caplog, corrupt, reason, message
+) -> None:
+    registry = HeadRegistry(tmp_path, encoders, interval_s=1, metrics_registry=metrics)
+    save(tmp_path / "a_bad")
+    corrupt(tmp_path / "a_bad")
+    save(tmp_path / "b_good")
+    began = time.monotonic()
+
+    async def start_and_stop() -> None:
+        await registry.start()  # the first scan is where a bad head used to stop the service
+        await registry.stop()
+
+    asyncio.run(start_and_stop())
+    assert time.monotonic() - began < 10
+    assert names(registry) == ["b_good"]
+    assert registry.get("b_good").predict_proba(PROBE_TEXT, PROBE_IMAGE).shape == (3, 2)
+    with pytest.raises(FailedPrecondition, match=message):
+        registry.get("a_bad")
+    assert rejected(metrics, reason) == 1
+    (line,) = [r for r in caplog.records if "head refused" in r.getMessage()]
+    assert line.levelno == logging.WARNING and "a_bad" in line.getMessage()
+
+    save(tmp_path / "c_new")  # hot reload carries on for the others
+    scan(registry)
+    assert names(registry) == ["b_good", "c_new"]
+    assert rejected(metrics, reason) == 1, "an unchanged bad head is counted once"
+
+
+def test_a_manifest_sizing_a_giant_module_is_refused_before_allocating(
+    tmp_path: Path, registry: HeadRegistry
+) -> None:
+    """Dims within the bounds, but 65536 x 65536 layers (16 GiB): the weights don't match, and the
+    module is never built for real."""
+    save(tmp_path / "giant")
+    rewrite_manifest(
+        tmp_path / "giant",
+        input_dims={"text": MAX_INPUT_DIM, "image": MAX_INPUT_DIM},
+        config={"fused_dim": MAX_INPUT_DIM, "hidden_dim": MAX_INPUT_DIM},
+    )
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    began = time.monotonic()
+    scan(registry)
+    assert time.monotonic() - began < 10
+    with pytest.raises(FailedPrecondition, match="but the manifest .* implies"):
+        registry.get("giant")
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak_before
+    assert grown < 512 * 1024 * 1024, f"peak memory grew by {grown} bytes"
+
+
+def test_an_oversized_weights_file_is_refused_before_reading(
+    tmp_path: Path, encoders: Encoders, metrics: CollectorRegistry
+) -> None:
+    save(tmp_path / "a")
+    size = (tmp_path / "a" / WEIGHTS_FILE).stat().st_size
+    registry = HeadRegistry(
+        tmp_path, encoders, interval_s=1, max_weights_bytes=size - 1, metrics_registry=metrics
+    )
+    scan(registry)
+    assert names(registry) == []
+    with pytest.raises(FailedPrecondition, match=f"{size} bytes, over the limit {size - 1}"):
+        registry.get("a")
+    assert rejected(metrics, "too_large") == 1
+
+
+def test_symlinks_out_of_the_heads_directory_are_refused(
+    tmp_path: Path, encoders: Encoders, metrics: CollectorRegistry
+) -> None:
+    heads, outside = tmp_path / "heads", tmp_path / "elsewhere"
+    save(outside / "linked_dir")
+    save(outside / "weights_src")
+    (heads / "linked_dir").parent.mkdir()
+    (heads / "linked_dir").symlink_to(outside / "linked_dir", target_is_directory=True)
+    save(heads / "linked_file")
+    (heads / "linked_file" / WEIGHTS_FILE).unlink()
+    (heads / "linked_file" / WEIGHTS_FILE).symlink_to(outside / "weights_src" / WEIGHTS_FILE)
+    # A symlink that stays inside the heads directory is fine.
+    save(heads / ".store" / "inside")
+    save(heads / "inside")
+    (heads / "inside" / WEIGHTS_FILE).unlink()
+    (heads / "inside" / WEIGHTS_FILE).symlink_to(Path("..") / ".store" / "inside" / WEIGHTS_FILE)
+
+    registry = HeadRegistry(heads, encoders, interval_s=1, metrics_registry=metrics)
+    scan(registry)
+    assert names(registry) == ["inside"]
+    with pytest.raises(FailedPrecondition, match="directory resolves outside the heads directory"):
+        registry.get("linked_dir")
+    with pytest.raises(FailedPrecondition, match=f"{WEIGHTS_FILE} resolves outside the heads directory"):
+        registry.get("linked_file")
+    assert rejected(metrics, "outside_heads_dir") == 2
+
+
+def test_an_unexpected_failure_loading_one_head_spares_the_others(
+    tmp_path: Path, encoders: Encoders, metrics: CollectorRegistry, monkeypatch
+) -> None:
+    """A failure no check anticipated (a bug, an input nobody thought of) is that head's alone."""
+    real_load = registry_module.load_head
+
+    def load_or_break(directory: Path, *args):
+        if directory.name == "boom":
+            raise KeyError("a bug in the loader")
+        return real_load(directory, *args)
+
+    monkeypatch.setattr(registry_module, "load_head", load_or_break)
+    save(tmp_path / "boom")
+    save(tmp_path / "fine")
+    registry = HeadRegistry(tmp_path, encoders, interval_s=1, metrics_registry=metrics)
+    scan(registry)
+    assert names(registry) == ["fine"]
+    with pytest.raises(FailedPrecondition, match=r"could not be loaded \(KeyError\)"):
+        registry.get("boom")
+    assert rejected(metrics, "unexpected") == 1

@@ -38,7 +38,9 @@ def test_runtime_dependencies_are_requirements_txt_pins_with_torch_as_a_range() 
     declared = PYPROJECT["project"]["dependencies"]
     runtime = pins(requirements_file("requirements.txt")[: _dev_marker_line()])
     extras = PYPROJECT["project"]["optional-dependencies"]
-    elsewhere = {"torch": "", "grpcio-tools": "dev", "tqdm": "training"}  # stubs are generated at build time
+    # Stubs are generated at build time; tracing is imported only when it is turned on.
+    tracing = {name: "tracing" for name in pins(extras["tracing"])}
+    elsewhere = {"torch": "", "grpcio-tools": "dev", "tqdm": "training", **tracing}
     assert pins(declared) == {name: version for name, version in runtime.items() if name not in elsewhere}
     for name, extra in elsewhere.items():
         if extra:
@@ -126,3 +128,59 @@ def test_the_gateway_runs_from_requirements_gateway_txt_in_a_fresh_venv(tmp_path
     ):
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
         assert done.returncode == 0 and expected in done.stdout, done.stdout + done.stderr
+
+
+LOCKS = {  # lock file -> the requirements file whose pins it must hold
+    "requirements.lock": "requirements.txt",
+    "requirements-gateway.lock": "requirements-gateway.txt",
+    "requirements-nodeps.lock": "requirements-nodeps.txt",
+}
+
+
+def lock_entries(name: str) -> dict[str, list[str]]:
+    """name -> its sha256 hashes, parsed from a lock file's `name==version \\ --hash=...` entries."""
+    text = (ROOT / name).read_text().replace("\\\n", " ")
+    entries: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        requirement, *options = line.split()
+        assert re.fullmatch(r"[a-z0-9-]+==[^=\s]+", requirement), f"{name}: not an exact pin: {line}"
+        hashes = [o.removeprefix("--hash=sha256:") for o in options]
+        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), f"{name}: {line}"
+        entries[requirement] = hashes
+    return entries
+
+
+@pytest.mark.parametrize("lock", sorted(LOCKS))
+def test_every_lock_entry_is_an_exact_pin_with_hashes(lock: str) -> None:
+    assert len(lock_entries(lock)) >= len(pins(requirements_file(LOCKS[lock])))
+
+
+@pytest.mark.parametrize("lock", sorted(LOCKS))
+def test_the_lock_holds_every_pin_of_its_requirements_file_at_the_same_version(lock: str) -> None:
+    locked = pins(list(lock_entries(lock)))
+    source = requirements_file(LOCKS[lock])
+    for name, version in pins(source).items():
+        assert locked.get(name) == version, (
+            f"{lock}: {name}=={version} is {locked.get(name)}; run `make lock`"
+        )
+    # Unpinned tools (pytest-timeout, ruff, ...) are locked too.
+    assert requirement_names([s for s in source if s.strip() and not s.startswith("#")]) <= set(locked)
+
+
+def test_all_locks_agree_on_every_version() -> None:
+    full = pins(list(lock_entries("requirements.lock")))
+    for lock in ("requirements-gateway.lock", "requirements-model.lock", "requirements-build.lock"):
+        for name, version in pins(list(lock_entries(lock))).items():
+            assert full.get(name) == version, f"{lock}: {name}=={version} vs requirements.lock"
+
+
+def test_make_installs_from_the_locks_and_can_regenerate_them() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    stamp_rule = re.search(r"^\$\(STAMP\):(.*)$", makefile, re.M)[1]
+    assert "requirements.lock" in stamp_rule and "requirements-nodeps.lock" in stamp_rule
+    assert "pip install -q --require-hashes -r requirements.lock" in makefile
+    assert "pip install -q --require-hashes --no-deps -r requirements-nodeps.lock" in makefile
+    assert re.search(r"^lock:.*\n\t.*\n\t\$\(PY\) -m scripts\.lock$", makefile, re.M)

@@ -156,6 +156,42 @@ the callers list, each caller its own token; the gateway never sees fusion's tok
 {{- end }}
 {{- end }}
 
+{{/* The TLS Secret a component mounts: its own with tls.perComponent, else the shared one. */}}
+{{- define "mmserve.tlsSecretName" -}}
+{{- $tls := .root.Values.tls }}
+{{- if $tls.perComponent.enabled }}
+{{- default (printf "%s-tls" (include "mmserve.componentName" .)) (index $tls.perComponent.existingSecrets .component) }}
+{{- else }}
+{{- $tls.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/* The DNS names a component's certificate holds: its Services as clients may dial them. */}}
+{{- define "mmserve.tlsDnsNames" -}}
+{{- $ns := .root.Release.Namespace }}
+{{- $facts := include "mmserve.component" . | fromYaml }}
+{{- $services := list (include "mmserve.componentName" .) }}
+{{- if $facts.grpc }}
+{{- $services = append $services (include "mmserve.headlessName" .) }}
+{{- end }}
+{{- range $services }}
+- {{ . }}
+- {{ . }}.{{ $ns }}
+- {{ . }}.{{ $ns }}.svc
+- {{ . }}.{{ $ns }}.svc.cluster.local
+{{- end }}
+{{- end }}
+
+{{/* Which components call a gRPC service (its allowed client identities under restrictClients). */}}
+{{- define "mmserve.tlsCallers" -}}
+{{- $callers := dict "text" (list "fusion" "gateway") "vision" (list "fusion" "gateway") "audio" (list "gateway") "fusion" (list "gateway") }}
+{{- $names := list }}
+{{- range (index $callers .component | default list) }}
+{{- $names = append $names (include "mmserve.componentName" (dict "root" $.root "component" .)) }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}
+
 {{/* PVC name of the model volume. */}}
 {{- define "mmserve.modelsClaimName" -}}
 {{- default (printf "%s-models" (include "mmserve.fullname" .)) .Values.modelStorage.pvc.existingClaim }}
@@ -216,6 +252,20 @@ not repeat these names (the template fails instead of emitting duplicates).
 {{ $p }}MAX_CONNECTION_AGE_GRACE_S:
   value: {{ $root.Values.grpc.maxConnectionAgeGraceSeconds | quote }}
 {{- end }}
+{{- with $root.Values.tracing }}
+{{- if .enabled }}
+OTEL_EXPORTER_OTLP_ENDPOINT:
+  value: {{ .endpoint | quote }}
+OTEL_EXPORTER_OTLP_PROTOCOL:
+  value: {{ .protocol | quote }}
+OTEL_SERVICE_NAME:
+  value: {{ printf "mmserve-%s" $c | quote }}
+OTEL_TRACES_SAMPLER:
+  value: parentbased_traceidratio
+OTEL_TRACES_SAMPLER_ARG:
+  value: {{ .sampleRatio | quote }}
+{{- end }}
+{{- end }}
 {{- if $root.Values.serviceAuth.enabled }}
 {{- $auth := $root.Values.serviceAuth.mountPath }}
 {{- if $facts.grpc }}
@@ -236,6 +286,10 @@ not repeat these names (the template fails instead of emitting duplicates).
 {{- if $tls.clientAuth }}
 {{ $p }}TLS_CLIENT_CA_FILE:
   value: {{ printf "%s/ca.crt" $tls.mountPath | quote }}
+{{- if and $tls.perComponent.enabled $tls.restrictClients }}
+{{ $p }}TLS_ALLOWED_CLIENTS:
+  value: {{ include "mmserve.tlsCallers" . | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if or (eq $c "fusion") (eq $c "gateway") }}

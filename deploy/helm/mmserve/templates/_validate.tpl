@@ -21,6 +21,9 @@
 {{- if and (eq $v.fusion.heads.source "image") (not (and $v.fusion.heads.image.repository (or $v.fusion.heads.image.tag $v.fusion.heads.image.digest))) }}
 {{- fail "fusion.heads.image.repository and a tag or digest are required when fusion.heads.source is image" }}
 {{- end }}
+{{- if and $v.tracing.enabled (not $v.tracing.endpoint) }}
+{{- fail "tracing.endpoint (the OTLP collector's URL) is required when tracing.enabled" }}
+{{- end }}
 {{- if and $v.gateway.auth.apiKeys $v.gateway.auth.existingSecret }}
 {{- fail "set gateway.auth.apiKeys or gateway.auth.existingSecret, not both" }}
 {{- end }}
@@ -34,8 +37,16 @@
 {{- end }}
 {{- end }}
 {{- if $v.tls.enabled }}
-{{- if not $v.tls.existingSecret }}
-{{- fail "tls.existingSecret is required when tls.enabled (tls.crt, tls.key, ca.crt)" }}
+{{- if $v.tls.perComponent.enabled }}
+{{- if $v.tls.existingSecret }}
+{{- fail "set tls.existingSecret (one shared identity) or tls.perComponent.enabled, not both" }}
+{{- end }}
+{{- $named := keys $v.tls.perComponent.existingSecrets | sortAlpha }}
+{{- if and $named (ne (join "," $named) "audio,fusion,gateway,text,vision") }}
+{{- fail "tls.perComponent.existingSecrets must name all of text, vision, audio, fusion and gateway (they must share a CA), or none" }}
+{{- end }}
+{{- else if not $v.tls.existingSecret }}
+{{- fail "tls.existingSecret is required when tls.enabled (tls.crt, tls.key, ca.crt), unless tls.perComponent.enabled" }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -1,0 +1,72 @@
+"""Clients that send a request's headers and then stall its body can't starve the gateway's threads."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+from scripts.stack import start_service
+from tests.integration.test_gateway_process import DEAD_BACKENDS
+
+THREADS = 2
+STALLED = 3 * THREADS  # more stalled uploads than the gateway has threads
+BODY_READ_TIMEOUT_S = 1.0
+
+
+def stalled_upload(port: int) -> socket.socket:
+    """Sends a POST's headers and the first byte of a 100 kB body, then nothing more."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    sock.sendall(
+        b"POST /v1/embed/text HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n{"
+    )
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_stalled_uploads_get_408_and_others_are_still_served(tmp_path: Path) -> None:
+    gateway = start_service(
+        "gateway",
+        args=[
+            "--workers",
+            "1",
+            "--threads",
+            str(THREADS),
+            "--body-read-timeout-s",
+            str(BODY_READ_TIMEOUT_S),
+            *DEAD_BACKENDS,
+        ],  # fmt: skip
+        log_dir=tmp_path,
+    )
+    try:
+        # The stalled uploads take the threads in turns of one timeout each before /healthz gets one.
+        budget_s = (STALLED // THREADS + 1) * BODY_READ_TIMEOUT_S + 3
+        opened = time.monotonic()
+        stalled = [stalled_upload(gateway.port) for _ in range(STALLED)]
+
+        with urllib.request.urlopen(gateway.url + "/healthz", timeout=budget_s) as response:
+            assert response.status == 200
+        assert time.monotonic() - opened < budget_s
+
+        for sock in stalled:
+            reply = read_until_closed(sock)  # answered, then closed by the gateway
+            sock.close()
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408"), reply[:200]
+            assert json.loads(body)["error"] == {
+                "code": 408,
+                "status": "REQUEST_TIMEOUT",
+                "message": f"the request body did not arrive within {BODY_READ_TIMEOUT_S:g} s",
+            }
+        assert time.monotonic() - opened < budget_s
+    finally:
+        assert gateway.stop() == 0, gateway.log_tail()
