@@ -38,6 +38,7 @@ bench: venv
 	$(PY) -m bench.fusion
 	$(PY) -m bench.gateway
 	$(PY) -m bench.mixed
+	$(PY) -m bench.tracing
 
 lint: venv
 	$(PY) -m ruff check .
