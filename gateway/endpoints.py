@@ -11,6 +11,8 @@ requests are validated.
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +21,62 @@ from flask import Flask, current_app, request
 from flask.sansio.scaffold import Scaffold
 
 from gateway.admission import InFlightBudget
+from gateway.errors import ApiError
 from gateway.image_urls import ImageUrlFetcher
 from gateway.metrics import GatewayMetrics
 from gateway.schema import Context, Object, parse_form_body, parse_json_body
-from gateway.upstreams import Upstreams
+from gateway.upstreams import READY_TIMEOUT_S, Upstreams, request_deadline
+from mmserve.v1 import common_pb2
 from services.common.settings import GatewaySettings
 
 _STATE_KEY = "mmserve"
+ENCODERS = ("text", "vision", "audio")
+
+
+class ServedModels:
+    """What the encoders serve (GetModelInfo), asked the first time it is needed and kept; asked
+    again, at most every ``retry_s``, while an encoder has not answered. The OpenAPI document and
+    the parser read it: OpenAI's ``dimensions`` may not exceed the smallest embedding width
+    whatever the inputs' modality, and operations a missing model would refuse are left out."""
+
+    def __init__(self, upstreams: Upstreams, retry_s: float = 5.0) -> None:
+        self._upstreams = upstreams
+        self._retry_s = retry_s
+        self._infos: dict[str, common_pb2.ModelInfo] = {}
+        self._next_ask = 0.0
+        self._lock = threading.Lock()
+
+    def smallest_width(self) -> int | None:
+        """The smallest embedding width served (None: no encoder has answered yet)."""
+        self._refresh()
+        return min((i.embedding_dim for i in self._infos.values() if i.embedding_dim > 0), default=None)
+
+    def tasks(self, encoder: str) -> frozenset[str] | None:
+        """The tasks ``encoder`` runs (embed, ner, classify, ...); None while it has not answered."""
+        self._refresh()
+        info = self._infos.get(encoder)
+        return None if info is None else frozenset(t.task for t in info.tasks)
+
+    def _refresh(self) -> None:
+        if len(self._infos) < len(ENCODERS) and time.monotonic() >= self._next_ask:
+            self._ask()
+
+    def _ask(self) -> None:
+        with self._lock:
+            self._next_ask = time.monotonic() + self._retry_s
+            missing = [name for name in ENCODERS if name not in self._infos]
+            # A deadline of its own: a request's budget is not spent waiting on an absent encoder.
+            token = request_deadline.set(time.monotonic() + READY_TIMEOUT_S)
+            try:
+                calls = {name: self._upstreams.start(name, "GetModelInfo", common_pb2.GetModelInfoRequest())
+                         for name in missing}  # fmt: skip
+            finally:
+                request_deadline.reset(token)
+            for name, call in calls.items():
+                try:
+                    self._infos[name] = call.result()
+                except ApiError:  # down or slow: asked again later
+                    continue
 
 
 @dataclass(frozen=True)
@@ -37,11 +88,17 @@ class GatewayState:
     image_urls: ImageUrlFetcher
     metrics: GatewayMetrics
     budget: InFlightBudget  # request bytes this worker handles at once
+    served: ServedModels = field(default=None)  # type: ignore[assignment]  # None: made from upstreams
+
+    def __post_init__(self) -> None:
+        if self.served is None:
+            object.__setattr__(self, "served", ServedModels(self.upstreams))
 
     def context(self) -> Context:
         return Context(
             self.settings.max_items_per_request,
             self.image_urls.for_request() if self.image_urls.enabled else None,
+            max_dimensions=self.served.smallest_width,
         )
 
 
@@ -69,6 +126,11 @@ class Operation:
     description: str = ""
     # Responses in a shape of their own (HTTP status -> (description, schema)), instead of the Error shape.
     responses: Mapping[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # (encoder, task) the operation cannot succeed without: left out of the document when the
+    # encoder answers that it does not run that task.
+    requires: tuple[str, str] | None = None
+    # A JSON body the view parses itself (a protocol's own format), described for the document only.
+    documented_body: dict[str, Any] | None = None
 
 
 def endpoint(
@@ -83,6 +145,8 @@ def endpoint(
     response_type: str = "application/json",
     description: str = "",
     responses: Mapping[str, tuple[str, dict[str, Any]]] | None = None,
+    requires: tuple[str, str] | None = None,
+    documented_body: dict[str, Any] | None = None,
 ) -> Callable:
     """Registers a view on an app or blueprint; views with a ``body`` schema get it parsed."""
     prefix = getattr(scaffold, "url_prefix", None) or ""
@@ -90,7 +154,7 @@ def endpoint(
     def register(view: Callable) -> Callable:
         operation = Operation(
             method, prefix + rule, view.__name__, summary, response, body, dict(uploads or {}), response_type,
-            scaffold.name, description, dict(responses or {}),
+            scaffold.name, description, dict(responses or {}), requires, documented_body,
         )  # fmt: skip
         if body is None:
             handler = view

@@ -3,9 +3,13 @@ routes: request bodies come from the same schemas that validate them (gateway.sc
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.endpoints import Operation
+from gateway.image_urls import parse_allowlist
+from gateway.schema import Context
 from services.common.settings import GatewaySettings
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -50,28 +54,41 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
-def _request_body(operation: Operation, max_items: int) -> dict[str, Any]:
+def _request_body(operation: Operation, ctx: Context) -> dict[str, Any]:
     assert operation.body is not None
-    schema = operation.body.openapi(max_items)
+    schema = operation.body.openapi(ctx)
     content: dict[str, Any] = {"application/json": {"schema": schema}}
     if operation.uploads:
-        uploaded = set(operation.uploads.values())
-        properties = {
-            form_name: {
+        # The same fields as form fields, with the uploaded files (at least one) instead of base64.
+        properties: dict[str, Any] = {}
+        for form_name, field_name in operation.uploads.items():
+            listed = operation.body.fields[field_name]
+            properties[form_name] = {
                 "type": "array",
                 "items": {"type": "string", "format": "binary"},
-                "maxItems": max_items,
+                "minItems": 1,
+                "maxItems": getattr(listed, "max_items", None) or ctx.max_items,
             }
-            for form_name in operation.uploads
-        }
-        properties.update({k: v for k, v in schema["properties"].items() if k not in uploaded})
-        content["multipart/form-data"] = {
-            "schema": {"type": "object", "properties": properties, "required": list(operation.uploads)}
-        }
+        uploaded = set(operation.uploads.values())
+        properties.update({k: _form_field(v) for k, v in schema["properties"].items() if k not in uploaded})
+        form = {"type": "object", "properties": properties, "required": list(operation.uploads)}
+        if operation.body.rules is not None:
+            form.update(operation.body.rules(ctx))
+        content["multipart/form-data"] = {"schema": form}
     return {"required": True, "content": content}
 
 
-def _operation(operation: Operation, settings: GatewaySettings, keyed: bool) -> dict[str, Any]:
+def _form_field(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON property as a form field: a form has no null (the field is left out instead)."""
+    if not schema.get("nullable"):
+        return schema
+    field = {k: v for k, v in schema.items() if k != "nullable"}
+    if "enum" in field:
+        field["enum"] = [value for value in field["enum"] if value is not None]
+    return field
+
+
+def _operation(operation: Operation, ctx: Context, keyed: bool) -> dict[str, Any]:
     api = operation.rule.startswith("/v1/")
     success: dict[str, Any] = {"description": "OK"}
     if operation.response:
@@ -88,7 +105,7 @@ def _operation(operation: Operation, settings: GatewaySettings, keyed: bool) -> 
         responses[code] = _error(errors[code])
     for code, (description, schema) in operation.responses.items():
         responses[code] = {"description": description, "content": {"application/json": {"schema": schema}}}
-    responses["default"] = _error("Any other error, in the same shape")
+    responses.setdefault("default", _error("Any other error, in the same shape"))
     entry: dict[str, Any] = {
         "operationId": operation.operation_id,
         "summary": operation.summary,
@@ -97,20 +114,66 @@ def _operation(operation: Operation, settings: GatewaySettings, keyed: bool) -> 
     }
     if operation.description:
         entry["description"] = operation.description
+    parameters = [_path_parameter(name) for name in _FLASK_VARIABLE.findall(operation.rule)]
+    if parameters:
+        entry["parameters"] = parameters
     if operation.body is not None:
-        entry["requestBody"] = _request_body(operation, settings.max_items_per_request)
+        entry["requestBody"] = _request_body(operation, ctx)
+    elif operation.documented_body is not None:
+        entry["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": operation.documented_body}},
+        }
     if api and keyed:
         entry["security"] = [{"bearer": []}]
     return entry
 
 
-def openapi_document(operations: list[Operation], settings: GatewaySettings) -> dict[str, Any]:
+# A Flask rule's variable, `<name>` or `<converter:name>`; OpenAPI spells it `{name}`.
+_FLASK_VARIABLE = re.compile(r"<(?:[^:<>]+:)?([^:<>]+)>")
+
+
+def _path_parameter(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+
+
+def _openapi_path(rule: str) -> str:
+    return _FLASK_VARIABLE.sub(r"{\1}", rule)
+
+
+def _served(operation: Operation, tasks: Mapping[str, frozenset[str] | None]) -> bool:
+    """False when the operation's encoder has answered that it does not run the task it needs."""
+    if operation.requires is None:
+        return True
+    encoder, task = operation.requires
+    running = tasks.get(encoder)
+    return running is None or task in running
+
+
+def _no_fetch(url: str, where: str) -> bytes:
+    raise NotImplementedError  # the document only asks whether image URLs are fetched
+
+
+def openapi_document(
+    operations: list[Operation],
+    settings: GatewaySettings,
+    max_dimensions: int | None = None,
+    tasks: Mapping[str, frozenset[str] | None] | None = None,
+) -> dict[str, Any]:
+    """The document for these operations, with the limits the parser applies under ``settings``,
+    the served encoders' smallest embedding width and each encoder's tasks (None: not known yet;
+    operations needing a task an encoder does not run are left out)."""
     keyed = bool(settings.api_keys.strip(" ,"))
+    ctx = Context(
+        settings.max_items_per_request,
+        _no_fetch if parse_allowlist(settings.image_url_allowlist) else None,
+        max_dimensions=lambda: max_dimensions,
+    )
     paths: dict[str, dict[str, Any]] = {}
     for operation in operations:
-        paths.setdefault(operation.rule, {})[operation.method.lower()] = _operation(
-            operation, settings, keyed
-        )
+        if _served(operation, tasks or {}):
+            path = paths.setdefault(_openapi_path(operation.rule), {})
+            path[operation.method.lower()] = _operation(operation, ctx, keyed)
     return {
         "openapi": "3.0.3",
         "info": {

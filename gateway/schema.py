@@ -8,11 +8,10 @@ Unknown fields are ignored, as OpenAI's API does (its clients send extra ones su
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Request
@@ -24,23 +23,41 @@ FetchUrl = Callable[[str, str], bytes]
 _JSON_TYPES = ("application/json",)
 
 
+# What Text accepts: no NUL and at least one non-whitespace character. Python's re (which
+# schemathesis and jsonschema use) reads \s as str.isspace(), the very test Text.parse applies.
+TEXT_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+# What decode_base64 accepts: base64 with its padding (line breaks anywhere are dropped), at least
+# one byte, optionally as a data URL whose header ends in ";base64".
+_B64_CHAR = "[A-Za-z0-9+/][\\r\\n]*"
+_PAD = "=[\\r\\n]*"
+BASE64_PATTERN = (
+    f"^(data:[^,]*;base64,)?[\\r\\n]*(({_B64_CHAR}){{4}})*"
+    f"(({_B64_CHAR}){{4}}|({_B64_CHAR}){{2}}{_PAD}{_PAD}|({_B64_CHAR}){{3}}{_PAD})$"
+)
+_URL_PATTERN = "^[Hh][Tt][Tt][Pp][Ss]?://"
+
+
 @dataclass(frozen=True)
 class Context:
-    """What parsing a request depends on besides the body."""
+    """What parsing a request depends on besides the body; the OpenAPI document is built from
+    the same values, so it states the limits the parser applies."""
 
     max_items: int  # the gateway's per-request item limit
     fetch_url: FetchUrl | None = None  # None: image URLs are refused
     form: bool = False  # values come from a multipart form (strings and uploaded files), not JSON
+    # The served encoders' smallest embedding width (None: not known yet), asked when needed.
+    max_dimensions: Callable[[], int | None] | None = None
 
 
 class Field:
     description: str = ""
     plural: str = "values"  # what a list of these is called in error messages
+    nullable: bool = False  # parse takes an explicit null as "not given" (documented where optional)
 
     def parse(self, value: Any, where: str, ctx: Context) -> Any:
         raise NotImplementedError
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
+    def openapi(self, ctx: Context) -> dict[str, Any]:
         raise NotImplementedError
 
     def _documented(self, schema: dict[str, Any]) -> dict[str, Any]:
@@ -67,8 +84,8 @@ class Text(Field):
             raise invalid(f"'{where}' is not valid Unicode (lone surrogate)") from None
         return value
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
-        return self._documented({"type": "string", "minLength": 1})
+    def openapi(self, ctx: Context) -> dict[str, Any]:
+        return self._documented({"type": "string", "minLength": 1, "pattern": TEXT_PATTERN})
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,7 @@ class String(Field):
 
     description: str = ""
     max_length: int = 256
+    nullable = True
 
     def parse(self, value: Any, where: str, ctx: Context) -> str:
         if value is None:
@@ -87,7 +105,7 @@ class String(Field):
             raise invalid(f"'{where}' is longer than {self.max_length} characters")
         return value
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
+    def openapi(self, ctx: Context) -> dict[str, Any]:
         return self._documented({"type": "string", "maxLength": self.max_length})
 
 
@@ -96,6 +114,7 @@ class Choice(Field):
     values: tuple[str, ...]
     default: str
     description: str = ""
+    nullable = True
 
     def parse(self, value: Any, where: str, ctx: Context) -> str:
         if value is None:
@@ -104,7 +123,7 @@ class Choice(Field):
             raise invalid(f"'{where}' must be one of {', '.join(repr(v) for v in self.values)}")
         return value
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
+    def openapi(self, ctx: Context) -> dict[str, Any]:
         return self._documented({"type": "string", "enum": list(self.values), "default": self.default})
 
 
@@ -114,6 +133,7 @@ class Integer(Field):
     high: int
     default: int | None = None
     description: str = ""
+    nullable = True
 
     def parse(self, value: Any, where: str, ctx: Context) -> int | None:
         if value is None:
@@ -124,12 +144,16 @@ class Integer(Field):
             value = int(value) if digits.isascii() and digits.isdigit() else value
         if isinstance(value, bool) or not isinstance(value, int):
             raise invalid(f"'{where}' must be an integer")
-        if not self.low <= value <= self.high:
-            raise invalid(f"'{where}' must be between {self.low} and {self.high}")
+        high = self._high(ctx)
+        if not self.low <= value <= high:
+            raise invalid(f"'{where}' must be between {self.low} and {high}")
         return value
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": "integer", "minimum": self.low, "maximum": self.high}
+    def _high(self, ctx: Context) -> int:
+        return self.high
+
+    def openapi(self, ctx: Context) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "integer", "minimum": self.low, "maximum": self._high(ctx)}
         if self.default is not None:
             schema["default"] = self.default
         return self._documented(schema)
@@ -143,6 +167,7 @@ class Number(Field):
     high: float
     default: float | None = None
     description: str = ""
+    nullable = True
 
     def parse(self, value: Any, where: str, ctx: Context) -> float | None:
         if value is None:
@@ -158,7 +183,7 @@ class Number(Field):
             raise invalid(f"'{where}' must be between {self.low:g} and {self.high:g}")
         return float(value)
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
+    def openapi(self, ctx: Context) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "number", "minimum": self.low, "maximum": self.high}
         if self.default is not None:
             schema["default"] = self.default
@@ -171,6 +196,7 @@ class Boolean(Field):
 
     default: bool = False
     description: str = ""
+    nullable = True
 
     def parse(self, value: Any, where: str, ctx: Context) -> bool:
         if value is None:
@@ -181,7 +207,7 @@ class Boolean(Field):
             raise invalid(f"'{where}' must be true or false")
         return value
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
+    def openapi(self, ctx: Context) -> dict[str, Any]:
         return self._documented({"type": "boolean", "default": self.default})
 
 
@@ -202,27 +228,33 @@ class Image(Field):
             return value
         if not isinstance(value, str):
             raise invalid(f"'{where}' must be a base64 string or a data URL")
-        text = value.strip()
-        if text[:8].lower().startswith(("http://", "https://")):
+        if value[:8].lower().startswith(("http://", "https://")):
             if ctx.fetch_url is None:
                 raise invalid(f"'{where}': image URLs are disabled; send the image as base64 or a data URL")
-            return ctx.fetch_url(text, where)
-        return decode_base64(text, where)
+            return ctx.fetch_url(value, where)
+        return decode_base64(value, where)
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
-        return self._documented({"type": "string", "minLength": 1})
+    def openapi(self, ctx: Context) -> dict[str, Any]:
+        # An http(s) URL is documented only where the gateway fetches them (an allow-list is set).
+        pattern = BASE64_PATTERN if ctx.fetch_url is None else f"{BASE64_PATTERN}|{_URL_PATTERN}"
+        return self._documented({"type": "string", "pattern": pattern})
 
 
 def decode_base64(text: str, where: str) -> bytes:
-    """A file sent as base64 or a base64 data URL (line-wrapped base64 too) -> its bytes."""
+    """A file sent as base64 or a base64 data URL (line-wrapped base64 too) -> its bytes.
+    Accepts exactly what BASE64_PATTERN describes (a unit test holds the two together)."""
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if not header.endswith(";base64"):
             raise invalid(f"'{where}': only base64 data URLs are supported")
-    if "\n" in text:  # line-wrapped base64 (the `base64` tool wraps at 76 columns by default)
+    if "\n" in text or "\r" in text:  # line-wrapped base64 (`base64` wraps at 76 columns)
         text = text.replace("\r", "").replace("\n", "")
+    # strict_mode refuses what is not base64 in the decoder's one pass; it still takes surplus
+    # "=" after a whole group, which the two O(1) checks refuse.
+    if len(text) % 4 or text.endswith("==="):
+        raise invalid(f"'{where}' is not valid base64")
     try:
-        data = base64.b64decode(text, validate=True)
+        data = binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
         raise invalid(f"'{where}' is not valid base64") from None
     if not data:
@@ -247,22 +279,22 @@ class EncodedFile(Field):
             if not data:
                 raise invalid(f"'{where}' is an empty file")
         elif isinstance(value, str):
-            text = value.strip()
-            if text[:8].lower().startswith(("http://", "https://")):
+            if value[:8].lower().startswith(("http://", "https://")):
                 raise invalid(
                     f"'{where}': {self.noun} URLs are not fetched; send the file as base64 or a data URL"
                 )
-            data = decode_base64(text, where)
+            data = decode_base64(value, where)
         else:
             raise invalid(f"'{where}' must be a base64 string or a data URL")
         if len(data) > self.max_bytes:
             raise invalid(f"'{where}' is {len(data)} bytes; the {self.noun} limit is {self.max_bytes} bytes")
         return data
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
-        # base64 takes 4 characters per 3 bytes; a data URL header adds a few more.
+    def openapi(self, ctx: Context) -> dict[str, Any]:
+        # The limit is on the decoded size; a string this long decodes to at most max_bytes
+        # (base64 takes 4 characters per 3 bytes), so what the document allows passes.
         return self._documented(
-            {"type": "string", "minLength": 1, "maxLength": -(-self.max_bytes // 3) * 4 + 64}
+            {"type": "string", "pattern": BASE64_PATTERN, "maxLength": self.max_bytes // 3 * 4}
         )
 
 
@@ -272,6 +304,11 @@ class ListOf(Field):
     max_items: int | None = None  # None: the gateway's per-request limit
     min_items: int = 1
     description: str = ""
+    null_is_missing: bool = False  # the enclosing Object's prepare takes null as "not given"
+
+    @property
+    def nullable(self) -> bool:  # type: ignore[override]
+        return self.min_items == 0 or self.null_is_missing  # null is an empty list
 
     def parse(self, value: Any, where: str, ctx: Context) -> list:
         if value is None:
@@ -287,11 +324,11 @@ class ListOf(Field):
             raise invalid(f"too many items in '{where}': {len(value)} (limit {limit})")
         return [self.item.parse(item, f"{where}[{index}]", ctx) for index, item in enumerate(value)]
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
+    def openapi(self, ctx: Context) -> dict[str, Any]:
         schema = {
             "type": "array",
-            "items": self.item.openapi(max_items),
-            "maxItems": self.max_items or max_items,
+            "items": self.item.openapi(ctx),
+            "maxItems": self.max_items or ctx.max_items,
         }
         if self.min_items:
             schema["minItems"] = self.min_items
@@ -308,6 +345,8 @@ class Object(Field):
     description: str = ""
     prepare: Callable[[dict], dict] | None = None
     check: Callable[[dict, str], None] | None = None
+    # JSON Schema keywords (anyOf, oneOf, not) that document what prepare and check refuse.
+    rules: Callable[[Context], dict[str, Any]] | None = field(default=None, compare=False)
     example: dict | None = field(default=None, compare=False)
     plural = "objects"
 
@@ -329,16 +368,32 @@ class Object(Field):
             self.check(parsed, where)
         return parsed
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
-        schema: dict[str, Any] = {
-            "type": "object",
-            "properties": {name: spec.openapi(max_items) for name, spec in self.fields.items()},
-        }
+    def openapi(self, ctx: Context) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "object", "properties": self.properties(ctx)}
         if self.required:
             schema["required"] = list(self.required)
+        if self.rules is not None:
+            schema.update(self.rules(ctx))
         if self.example is not None:
             schema["example"] = self.example
         return self._documented(schema)
+
+    def properties(self, ctx: Context) -> dict[str, Any]:
+        """Each field's schema; an optional field that takes null as "not given" says so."""
+        properties = {}
+        for name, spec in self.fields.items():
+            schema = spec.openapi(ctx)
+            if spec.nullable and name not in self.required:
+                schema = {**schema, "nullable": True}
+                if "enum" in schema:  # OpenAPI 3.0.3: an enum lists null for it to be allowed
+                    schema["enum"] = [*schema["enum"], None]
+            properties[name] = schema
+        return properties
+
+
+def null_only(type_: str) -> dict[str, Any]:
+    """A property that may only be missing or null (one branch of an either-or body)."""
+    return {"type": type_, "nullable": True, "enum": [None]}
 
 
 def parse_json_body(request: Request, schema: Object, ctx: Context) -> dict[str, Any]:
@@ -364,4 +419,4 @@ def parse_form_body(
         if not uploads:
             raise invalid(f"upload at least one file in the form field '{form_name}'")
         data[field_name] = [upload.read() for upload in uploads]
-    return schema.parse(data, "", Context(ctx.max_items, ctx.fetch_url, form=True))
+    return schema.parse(data, "", replace(ctx, form=True))

@@ -4,16 +4,20 @@ swagger-ui-bundle package, never a CDN, so /docs works offline and in locked-dow
 
 from __future__ import annotations
 
+import json
+
 from flask import Blueprint, Response, abort, current_app, send_from_directory
 
 from gateway.api.shapes import STR, obj
 from gateway.encoding import json_response
-from gateway.endpoints import endpoint, state
+from gateway.endpoints import ENCODERS, endpoint, operations, state
+from gateway.openapi import openapi_document
 from gateway.upstreams import BACKENDS, READY_TIMEOUT_S
 
 blueprint = Blueprint("service", __name__)
 
 OPENAPI_KEY = "mmserve.openapi"  # the document's JSON text, built once by create_app
+_OPENAPI_BY_FACTS = "mmserve.openapi.served"  # (what is served, the document's JSON text)
 _SWAGGER_FILES = frozenset(
     {"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"}
 )
@@ -88,7 +92,18 @@ def metrics() -> Response:
 
 @endpoint(blueprint, "GET", "/openapi.json", summary="This OpenAPI document", response={"type": "object"})
 def openapi() -> Response:
-    return Response(current_app.extensions[OPENAPI_KEY], mimetype="application/json")
+    # create_app builds the document without the served models; once the encoders have told what
+    # they serve it is rebuilt for that (the limit on OpenAI's `dimensions`, the operations a
+    # missing model would refuse left out) and kept while that stays the same.
+    served = state().served
+    facts = (served.smallest_width(), {name: served.tasks(name) for name in ENCODERS})
+    if facts == (None, dict.fromkeys(ENCODERS)):
+        return Response(current_app.extensions[OPENAPI_KEY], mimetype="application/json")
+    built = current_app.extensions.get(_OPENAPI_BY_FACTS)
+    if built is None or built[0] != facts:
+        document = openapi_document(operations(current_app), state().settings, *facts)
+        built = current_app.extensions[_OPENAPI_BY_FACTS] = (facts, json.dumps(document))
+    return Response(built[1], mimetype="application/json")
 
 
 @endpoint(

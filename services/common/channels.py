@@ -119,7 +119,10 @@ def create_aio_channel(
     """An asyncio channel (the fusion service's downstream calls)."""
     options = _secure_options(security, retry_backoff_ms)
     token = security.token() if security is not None else ""
-    interceptors = [*([AioTokenClientInterceptor(token)] if token else []), *tracing.aio_client_interceptors()]
+    interceptors = [
+        *([AioTokenClientInterceptor(token)] if token else []),
+        *tracing.aio_client_interceptors(),
+    ]
     interceptors = interceptors or None
     if security is not None and security.enabled:
         return grpc.aio.secure_channel(

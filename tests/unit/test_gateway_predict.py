@@ -153,5 +153,6 @@ def test_openapi_documents_every_prediction_shape(client) -> None:
     assert body["properties"]["explain"] == {
         "type": "boolean",
         "default": False,
+        "nullable": True,  # null is "not given"
         "description": body["properties"]["explain"]["description"],
     }

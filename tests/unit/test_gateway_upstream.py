@@ -121,7 +121,8 @@ class FakeText(text_pb2_grpc.TextEncoderServiceServicer):
         self.b.enter("text.GetModelInfo", request, context)
         labels = ["PER", "LOC"] if request.include_labels else []
         tasks = [common_pb2.TaskModel(task="embed", model_id="fake-text"),
-                 common_pb2.TaskModel(task="ner", model_id="fake-ner", num_labels=2, labels=labels)]  # fmt: skip
+                 common_pb2.TaskModel(task="ner", model_id="fake-ner", num_labels=2, labels=labels),
+                 common_pb2.TaskModel(task="classify", model_id="fake-classifier")]  # fmt: skip
         return common_pb2.ModelInfo(
             model_id="fake-text", embedding_dim=8, modality=common_pb2.MODALITY_TEXT, tasks=tasks
         )
@@ -351,7 +352,8 @@ def test_openai_dimensions_keep_leading_components_renormalised(client, b) -> No
     full = text_vector("short")
     np.testing.assert_allclose(row, full[:3] / np.linalg.norm(full[:3]), rtol=1e-6)
     too_many = client.post("/v1/embeddings", json={"input": "short", "dimensions": 9})
-    assert too_many.status_code == 400 and "have 8" in too_many.get_json()["error"]["message"]
+    # Refused by the documented limit: the smallest width served (the fakes embed 6 and 8 wide).
+    assert too_many.status_code == 400 and "between 1 and 6" in too_many.get_json()["error"]["message"]
 
 
 def test_mixed_inputs_call_both_encoders_in_parallel(client, b) -> None:
@@ -488,6 +490,7 @@ def test_fused_embed_similarity_ner_models_and_heads(client, b) -> None:
     assert [(m["id"], m["modality"], m["task"], m["embedding_dim"]) for m in models] == [
         ("fake-text", "text", "embed", 8),
         ("fake-ner", "text", "ner", 0),
+        ("fake-classifier", "text", "classify", 0),
         ("fake-vision", "image", "embed", 12),
         ("fake-audio", "audio", "embed", 6),
         ("fake-audio", "audio", "classify", 0),

@@ -15,7 +15,18 @@ from gateway.api.v1.video import VIDEO
 from gateway.encoding import json_response, vector_rows
 from gateway.endpoints import endpoint, state
 from gateway.errors import invalid
-from gateway.schema import Context, Field, Image, Integer, ListOf, Object, String, Text
+from gateway.schema import (
+    TEXT_PATTERN,
+    Context,
+    Field,
+    Image,
+    Integer,
+    ListOf,
+    Object,
+    String,
+    Text,
+    null_only,
+)
 from gateway.upstreams import wait_all
 from mmserve.v1 import audio_pb2, fusion_pb2, text_pb2, vision_pb2
 from services.common.matrix import from_matrix
@@ -52,6 +63,7 @@ class EmbeddingInput(Field):
         for index, item in enumerate(items):
             path = f"{where}[{index}]" if not isinstance(value, str) else where
             kind = item.get("type") if isinstance(item, dict) else None
+            kind = kind if isinstance(kind, str) else None
             if isinstance(item, str):
                 parsed.append(("text", TEXT.parse(item, path, ctx)))
             elif kind == "image":
@@ -68,29 +80,34 @@ class EmbeddingInput(Field):
                 )
         return parsed
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
+    def openapi(self, ctx: Context) -> dict[str, Any]:
         item = {
             "oneOf": [
-                TEXT.openapi(max_items),
-                obj(
-                    {"type": {"type": "string", "enum": ["image"]}, "image": IMAGE.openapi(max_items)},
-                    ["type", "image"],
-                ),
-                obj(
-                    {"type": {"type": "string", "enum": ["text"]}, "text": TEXT.openapi(max_items)},
-                    ["type", "text"],
-                ),
+                TEXT.openapi(ctx),
                 *(
                     obj(
-                        {"type": {"type": "string", "enum": [kind]}, kind: field.openapi(max_items)},
-                        ["type", kind],
+                        {"type": {"type": "string", "enum": [kind]}, kind: field.openapi(ctx)}, ["type", kind]
                     )
-                    for kind, field in _MEDIA.items()
+                    for kind, field in {"image": IMAGE, "text": TEXT, **_MEDIA}.items()
                 ),
             ]
         }
-        listed = {"type": "array", "items": item, "minItems": 1, "maxItems": max_items}
-        return {"oneOf": [TEXT.openapi(max_items), listed], "description": self.description}
+        listed = {"type": "array", "items": item, "minItems": 1, "maxItems": ctx.max_items}
+        return {"oneOf": [TEXT.openapi(ctx), listed], "description": self.description}
+
+
+# What OpenAI's ``dimensions`` may be without the served models: only the smallest width is sure.
+_UNKNOWN_WIDTH = 1_000_000
+
+
+@dataclass(frozen=True)
+class Dimensions(Integer):
+    """OpenAI's ``dimensions``: at most the smallest embedding width served (GET /v1/models), so
+    any input's vector has that many components."""
+
+    def _high(self, ctx: Context) -> int:
+        width = ctx.max_dimensions() if ctx.max_dimensions is not None else None
+        return width or self.high
 
 
 OPENAI_REQUEST = Object(
@@ -100,9 +117,13 @@ OPENAI_REQUEST = Object(
             "Accepted for compatibility; the served encoders answer (GET /v1/models lists them)."
         ),
         "encoding_format": ENCODING_FORMAT,
-        "dimensions": Integer(
-            1, 1_000_000, None, "Keep the first N components, re-normalised to unit length."
-        ),
+        "dimensions": Dimensions(
+            1,
+            _UNKNOWN_WIDTH,
+            None,
+            "Keep the first N components, re-normalised to unit length; at most the smallest "
+            "embedding width served (GET /v1/models), so it fits every modality.",
+        ),  # fmt: skip
     },
     required=("input",),
     example={"input": ["a photo of a cat", "a dog"], "model": "all-MiniLM-L6-v2"},
@@ -265,19 +286,33 @@ class OptionalText(Field):
             return None
         return TEXT.parse(value, where, ctx)
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
-        return {"type": "string", "description": self.description}
+    nullable = True
+
+    def openapi(self, ctx: Context) -> dict[str, Any]:
+        # Blank (whitespace only) means "no text"; otherwise what Text accepts.
+        return {"type": "string", "pattern": f"^\\s*$|{TEXT_PATTERN}", "description": self.description}
 
 
 @dataclass(frozen=True)
 class OptionalImage(Field):
     description: str = "the item's image (optional): " + IMAGE.description
+    nullable = True
 
     def parse(self, value: Any, where: str, ctx: Context) -> bytes | None:
         return None if value is None else IMAGE.parse(value, where, ctx)
 
-    def openapi(self, max_items: int) -> dict[str, Any]:
-        return {**IMAGE.openapi(max_items), "description": self.description}
+    def openapi(self, ctx: Context) -> dict[str, Any]:
+        return {**IMAGE.openapi(ctx), "description": self.description}
+
+
+def _has_text_or_image(ctx: Context) -> dict[str, Any]:
+    """JSON Schema for _text_or_image: a non-blank text, an image, or both."""
+    return {
+        "anyOf": [
+            {"required": ["text"], "properties": {"text": TEXT.openapi(ctx)}},
+            {"required": ["image"], "properties": {"image": IMAGE.openapi(ctx)}},
+        ]
+    }
 
 
 def _text_or_image(item: dict, where: str) -> None:
@@ -285,21 +320,42 @@ def _text_or_image(item: dict, where: str) -> None:
         raise invalid(f"'{where}' needs a text, an image or both")
 
 
+def _inputs_or_inline(ctx: Context) -> dict[str, Any]:
+    """JSON Schema for _one_input_shorthand: 'inputs', or one input inline, never both."""
+    return {
+        "oneOf": [
+            {
+                "required": ["inputs"],
+                "properties": {
+                    "inputs": {"type": "array"}, "text": null_only("string"), "image": null_only("string"),
+                },
+            },
+            {"properties": {"inputs": null_only("array")}, **_has_text_or_image(ctx)},
+        ]
+    }  # fmt: skip
+
+
+# A small real PNG, so the documented examples are requests the API answers.
+EXAMPLE_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGO8IyfHgA0wYRUdtBIA4FYBKCgCg6AAAAAASUVORK5CYII="
+)
 MULTIMODAL_INPUT = Object(
     {"text": OptionalText(), "image": OptionalImage()},
     check=_text_or_image,
+    rules=_has_text_or_image,
     description="one item: a text, an image or both",
 )
 FUSED_INPUTS = Object(
     {
-        "inputs": ListOf(MULTIMODAL_INPUT),
+        "inputs": ListOf(MULTIMODAL_INPUT, null_is_missing=True),
         "head": Text("Name of a served head (GET /v1/heads)."),
         "text": OptionalText("shorthand for one input: its text"),
         "image": OptionalImage(),
     },
     required=("head",),
     prepare=_one_input_shorthand,
-    description="'inputs', or one input given inline as 'text' and/or 'image'.",
+    rules=_inputs_or_inline,
+    description="'inputs', or one input given inline as 'text' and/or 'image' (not both).",
 )
 
 
@@ -311,8 +367,9 @@ EMBED_FUSED = Object(
     {**FUSED_INPUTS.fields, "encoding_format": ENCODING_FORMAT},
     required=FUSED_INPUTS.required,
     prepare=_one_input_shorthand,
+    rules=_inputs_or_inline,
     description=FUSED_INPUTS.description,
-    example={"inputs": [{"text": "a red circle", "image": "<base64>"}], "head": "match"},
+    example={"inputs": [{"text": "a red circle", "image": EXAMPLE_PNG}], "head": "match"},
 )
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from flask import Blueprint, Response
 
 from gateway.api.shapes import INT, LABEL_SCORE, MATRIX, NUM, STR, array, obj
-from gateway.api.v1.embeddings import FUSED_INPUTS, IMAGE, TEXT, multimodal_inputs
+from gateway.api.v1.embeddings import EXAMPLE_PNG, FUSED_INPUTS, IMAGE, TEXT, multimodal_inputs
 from gateway.encoding import float_rows, json_response
 from gateway.endpoints import endpoint, state
 from gateway.errors import invalid
-from gateway.schema import Boolean, Integer, ListOf, Object, String
+from gateway.schema import Boolean, Context, Integer, ListOf, Object, String
 from mmserve.v1 import common_pb2, fusion_pb2, text_pb2, vision_pb2
 from services.common.matrix import from_matrix
 from services.common.settings import FusionSettings
@@ -74,8 +76,9 @@ PREDICT = Object(
     },
     required=FUSED_INPUTS.required,
     prepare=FUSED_INPUTS.prepare,
+    rules=FUSED_INPUTS.rules,
     description=FUSED_INPUTS.description,
-    example={"inputs": [{"text": "a red circle", "image": "<base64>"}], "head": "match"},
+    example={"inputs": [{"text": "a red circle", "image": EXAMPLE_PNG}], "head": "match"},
 )
 _MODALITY_NAMES = {common_pb2.MODALITY_TEXT: "text", common_pb2.MODALITY_IMAGE: "image"}
 
@@ -194,6 +197,17 @@ def _texts_or_labels(body: dict, _where: str) -> None:
         raise invalid("give 'texts' and/or 'candidate_labels' to compare the images with")
 
 
+def _some_texts_or_labels(ctx: Context) -> dict[str, Any]:
+    """JSON Schema for _texts_or_labels."""
+    some = {"type": "array", "minItems": 1}
+    return {
+        "anyOf": [
+            {"required": ["texts"], "properties": {"texts": some}},
+            {"required": ["candidate_labels"], "properties": {"candidate_labels": some}},
+        ]
+    }
+
+
 SIMILARITY = Object(
     {
         "images": ListOf(IMAGE),
@@ -204,6 +218,10 @@ SIMILARITY = Object(
     },
     required=("images",),
     check=_texts_or_labels,
+    rules=_some_texts_or_labels,
+    # Names the demo alignment head (make train-demo), as the fused examples name its "match" head:
+    # without a head only a CLIP pair of encoders can answer.
+    example={"images": [EXAMPLE_PNG], "candidate_labels": ["a red square", "a blue circle"], "head": "align"},
 )
 
 

@@ -14,6 +14,9 @@ from gateway.schema import Integer, ListOf, Object
 from mmserve.v1 import text_pb2
 
 blueprint = Blueprint("text_classification", __name__)
+# A deployment without a classifier refuses these routes (FAILED_PRECONDITION, 400) whatever the
+# request, so its document does not offer them: a client reads what it can call from /openapi.json.
+_CLASSIFIER = ("text", "classify")
 
 
 def _classify(texts: list[str], top_k: int) -> text_pb2.ClassifyTextResponse:
@@ -24,7 +27,9 @@ def _classify(texts: list[str], top_k: int) -> text_pb2.ClassifyTextResponse:
 @endpoint(
     blueprint, "POST", "/v1/classify/text",
     summary="Top-k labels per text (the text service's fine-tuned classifier)",
-    description="FAILED_PRECONDITION (400) when the text service serves no classifier.",
+    description="FAILED_PRECONDITION (400) when the text service serves no classifier; this document "
+    "then leaves the operation out.",
+    requires=_CLASSIFIER,
     body=Object(
         {"texts": ListOf(TEXT), "top_k": Integer(1, 1000, None, "Labels per text (default: the service's, 5).")},
         required=("texts",), example={"texts": ["The match ended two nil.", "Shares fell sharply today."]},
@@ -44,6 +49,7 @@ def classify_text(body: dict) -> Response:
     blueprint, "POST", "/text-classification",
     summary="The best label for one text (the classic single-text contract)",
     description="Same model as /v1/classify/text; answers the best label and its score.",
+    requires=_CLASSIFIER,
     body=Object({"text": TEXT}, required=("text",), example={"text": "The match ended two nil."}),
     response=obj({"label": STR, "score": NUM}, ["label", "score"]),
 )  # fmt: skip

@@ -3,13 +3,15 @@ with its image model (JSON with base64 videos, or a multipart upload)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response
 
 from gateway.api.shapes import ENCODING_FORMAT, INT, NUM, STR, VECTORS, array, obj
 from gateway.encoding import json_response, short_float, vector_rows
 from gateway.endpoints import endpoint, state
 from gateway.errors import invalid
-from gateway.schema import Boolean, EncodedFile, Integer, ListOf, Number, Object
+from gateway.schema import Boolean, Context, EncodedFile, Integer, ListOf, Number, Object
 from mmserve.v1 import vision_pb2
 from services.common.matrix import from_matrix
 from services.common.settings import VisionSettings
@@ -34,6 +36,12 @@ def _one_sampling(body: dict, _where: str) -> None:
         raise invalid("give 'num_frames' or 'frames_per_second', not both")
 
 
+def _not_both_samplings(ctx: Context) -> dict[str, Any]:
+    """JSON Schema for _one_sampling."""
+    both = {"num_frames": {"type": "number"}, "frames_per_second": {"type": "number"}}
+    return {"not": {"required": list(both), "properties": both}}
+
+
 EMBED_VIDEO = Object(
     {
         "videos": ListOf(VIDEO, max_items=VisionSettings.max_videos_per_request),
@@ -51,6 +59,7 @@ EMBED_VIDEO = Object(
     },
     required=("videos",),
     check=_one_sampling,
+    rules=_not_both_samplings,
     description="JSON, or multipart/form-data with one or more files in the form field 'video'.",
 )  # fmt: skip
 FRAMES = obj(

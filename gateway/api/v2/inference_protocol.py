@@ -359,8 +359,8 @@ def _json_data(tensor: oip.Tensor) -> list:
 
 
 def _infer(name: str, version: str) -> Response:
+    model = _model(name, version)  # an unknown model is a 404 whatever the body
     document, binary = _split_body()
-    model = _model(name, version)
     inputs = _inputs(document, binary, model)
     names, binary_outputs = _requested(document)
     requested = model.requested_outputs(names)
@@ -398,10 +398,38 @@ def _infer(name: str, version: str) -> Response:
     )
 
 
+# The protocol's JSON inference request. The view parses it itself (the binary extension appends
+# raw tensor bytes after the JSON, sized by the Inference-Header-Content-Length header).
+_PARAMETERS = {"type": "object", "description": "protocol parameters, e.g. binary_data_output"}
+INFER_REQUEST = obj(
+    {
+        "id": STR,
+        "parameters": _PARAMETERS,
+        "inputs": {
+            **array(
+                obj(
+                    {
+                        "name": STR,
+                        "shape": array({"type": "integer", "minimum": 0}),
+                        "datatype": STR,
+                        "parameters": _PARAMETERS,
+                        "data": {"description": "the tensor's elements, row-major (absent with binary data)"},
+                    },
+                    ["name", "shape", "datatype"],
+                )
+            ),
+            "minItems": 1,
+        },
+        "outputs": array(obj({"name": STR, "parameters": _PARAMETERS}, ["name"])),
+    },
+    ["inputs"],
+)
+
+
 @endpoint(
     blueprint, "POST", "/models/<path:name>/infer",
     summary="Open Inference Protocol: inference (JSON tensors or the binary tensor data extension)",
-    description=INFER_DESCRIPTION, response=INFER_RESPONSE, responses=ERRORS,
+    description=INFER_DESCRIPTION, response=INFER_RESPONSE, responses=ERRORS, documented_body=INFER_REQUEST,
 )  # fmt: skip
 def model_infer(name: str) -> Response:
     return _infer(name, "")
@@ -410,7 +438,7 @@ def model_infer(name: str) -> Response:
 @endpoint(
     blueprint, "POST", "/models/<path:name>/versions/<version>/infer",
     summary="Open Inference Protocol: inference on a model version (version 1 is the one served)",
-    description=INFER_DESCRIPTION, response=INFER_RESPONSE, responses=ERRORS,
+    description=INFER_DESCRIPTION, response=INFER_RESPONSE, responses=ERRORS, documented_body=INFER_REQUEST,
 )  # fmt: skip
 def model_version_infer(name: str, version: str) -> Response:
     return _infer(name, version)
