@@ -14,6 +14,7 @@ import tempfile
 from gunicorn.app.base import BaseApplication
 
 from gateway.auth import parse_api_keys
+from gateway.model_names import parse_aliases
 from services.common.logs import JsonFormatter, configure_logging
 from services.common.settings import GatewaySettings, load_settings
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging("gateway", settings.log_level)
     try:
         parse_api_keys(settings)  # fail before forking workers that would each fail to boot
+        parse_aliases(settings.model_aliases)
     except ValueError as exc:
         raise SystemExit(f"gateway: {exc}") from None
     # Several workers share one metrics view through files in a fresh directory.

@@ -22,6 +22,7 @@ from gateway.endpoints import GatewayState, install_state, operations
 from gateway.errors import ApiError, from_http_exception
 from gateway.image_urls import ImageUrlFetcher
 from gateway.metrics import GatewayMetrics
+from gateway.model_names import parse_aliases
 from gateway.openapi import openapi_document
 from gateway.upstreams import Upstreams, request_deadline
 from services.common import tracing
@@ -63,6 +64,7 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
             ),
             metrics=metrics,
             budget=budget,
+            aliases=parse_aliases(settings.model_aliases),
         ),
     )
     api_keys = parse_api_keys(settings)

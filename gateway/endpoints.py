@@ -39,12 +39,27 @@ class ServedModels:
     the parser read it: OpenAI's ``dimensions`` may not exceed the smallest embedding width
     whatever the inputs' modality, and operations a missing model would refuse are left out."""
 
-    def __init__(self, upstreams: Upstreams, retry_s: float = 5.0) -> None:
+    def __init__(self, upstreams: Upstreams, retry_s: float = 5.0, refresh_s: float = 30.0) -> None:
         self._upstreams = upstreams
         self._retry_s = retry_s
+        self._refresh_s = refresh_s  # a rolling update may change an encoder's model
         self._infos: dict[str, common_pb2.ModelInfo] = {}
         self._next_ask = 0.0
+        self._next_refresh = 0.0
         self._lock = threading.Lock()
+
+    def embedding_models(self, ask_now: bool = False) -> dict[str, str]:
+        """Each served embedding model's id -> the modality it embeds (text, image, audio).
+        ``ask_now``: ask the encoders again first (at most every ``retry_s``), for a name not found."""
+        if ask_now and time.monotonic() >= self._next_ask:
+            self._ask(list(ENCODERS))
+        else:
+            self._refresh()
+        return {
+            info.model_id: common_pb2.Modality.Name(info.modality).removeprefix("MODALITY_").lower()
+            for info in list(self._infos.values())
+            if info.embedding_dim > 0
+        }
 
     def smallest_width(self) -> int | None:
         """The smallest embedding width served (None: no encoder has answered yet)."""
@@ -58,25 +73,35 @@ class ServedModels:
         return None if info is None else frozenset(t.task for t in info.tasks)
 
     def _refresh(self) -> None:
-        if len(self._infos) < len(ENCODERS) and time.monotonic() >= self._next_ask:
-            self._ask()
+        now = time.monotonic()
+        if now >= self._next_refresh:
+            self._ask(list(ENCODERS))
+        elif len(self._infos) < len(ENCODERS) and now >= self._next_ask:
+            self._ask([name for name in ENCODERS if name not in self._infos])
 
-    def _ask(self) -> None:
-        with self._lock:
-            self._next_ask = time.monotonic() + self._retry_s
-            missing = [name for name in ENCODERS if name not in self._infos]
+    def _ask(self, names: list[str]) -> None:
+        # One thread asks; the others go on with what is known rather than queue behind it.
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            now = time.monotonic()
+            self._next_ask = now + self._retry_s
+            if len(names) == len(ENCODERS):
+                self._next_refresh = now + self._refresh_s
             # A deadline of its own: a request's budget is not spent waiting on an absent encoder.
-            token = request_deadline.set(time.monotonic() + READY_TIMEOUT_S)
+            token = request_deadline.set(now + READY_TIMEOUT_S)
             try:
                 calls = {name: self._upstreams.start(name, "GetModelInfo", common_pb2.GetModelInfoRequest())
-                         for name in missing}  # fmt: skip
+                         for name in names}  # fmt: skip
             finally:
                 request_deadline.reset(token)
             for name, call in calls.items():
                 try:
                     self._infos[name] = call.result()
-                except ApiError:  # down or slow: asked again later
+                except ApiError:  # down or slow: the last answer stands, asked again later
                     continue
+        finally:
+            self._lock.release()
 
 
 @dataclass(frozen=True)
@@ -89,6 +114,7 @@ class GatewayState:
     metrics: GatewayMetrics
     budget: InFlightBudget  # request bytes this worker handles at once
     served: ServedModels = field(default=None)  # type: ignore[assignment]  # None: made from upstreams
+    aliases: Mapping[str, str] = field(default_factory=dict)  # a client's model name -> a served id
 
     def __post_init__(self) -> None:
         if self.served is None:

@@ -58,11 +58,19 @@ class ApiError(Exception):
     """An error answered to the client: an HTTP status, a status name and a message."""
 
     def __init__(
-        self, code: grpc.StatusCode | int, message: str, headers: dict[str, str] | None = None
+        self,
+        code: grpc.StatusCode | int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        reason: str = "",
+        param: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = dict(headers or {})
+        # Optional, for errors a client handles by kind (OpenAI's model_not_found) or by field.
+        self.details = {key: value for key, value in (("reason", reason), ("param", param)) if value}
         if isinstance(code, grpc.StatusCode):
             self.http_status = HTTP_STATUS[code]
             self.status_name = code.name
@@ -73,7 +81,14 @@ class ApiError(Exception):
             self.status_name = HTTP_ONLY_STATUS[code]
 
     def body(self) -> dict:
-        return {"error": {"code": self.http_status, "status": self.status_name, "message": self.message}}
+        return {
+            "error": {
+                "code": self.http_status,
+                "status": self.status_name,
+                "message": self.message,
+                **self.details,
+            }
+        }
 
 
 def invalid(message: str) -> ApiError:

@@ -27,6 +27,11 @@ ERROR_SCHEMA: dict[str, Any] = {
                     "METHOD_NOT_ALLOWED, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE",
                 },
                 "message": {"type": "string"},
+                "reason": {
+                    "type": "string",
+                    "description": "a machine-readable cause where a client may act on it: model_not_found",
+                },
+                "param": {"type": "string", "description": "the request field the error is about"},
             },
         }
     },
@@ -38,7 +43,7 @@ _BODY_ERRORS = {
     "415": "The body is not JSON (or, where accepted, multipart/form-data)",
 }
 _BACKEND_ERRORS = {
-    "404": "An unknown head or route",
+    "404": "An unknown head, model (reason model_not_found) or route",
     "429": "A backend is overloaded; retry after the Retry-After header",
     "500": "Inference failed",
     "503": "A backend is unavailable; retry after the Retry-After header",

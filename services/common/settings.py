@@ -279,6 +279,11 @@ class GatewaySettings:
     api_keys: str = option(
         "", "Comma-separated API keys; when set, /v1 routes need 'Authorization: Bearer <key>'.", secret=True
     )
+    model_aliases: str = option(
+        "",
+        "Other names clients may give a served model ('alias=model_id', comma-separated, e.g. "
+        "text-embedding-3-small=sentence-transformers/all-MiniLM-L6-v2); any other unknown name is a 404.",
+    )
     require_api_keys: bool = option(
         False, "Refuse to start without at least one API key (the chart sets it when keys are configured)."
     )

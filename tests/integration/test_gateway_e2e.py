@@ -63,13 +63,18 @@ def test_text_image_and_openai_embeddings_agree(gateway: str) -> None:
     assert direct["truncated"] == [False, False] and all(n > 2 for n in direct["token_counts"])
 
     client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0)
-    reply = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)  # the client asks for base64
+    text_model = next(m.id for m in client.models.list() if m.modality == "text" and m.task == "embed")
+    assert text_model == direct["model"]
+    reply = client.embeddings.create(model=text_model, input=texts)  # the client asks for base64
     vectors = np.array([d.embedding for d in reply.data])
     np.testing.assert_allclose(vectors, np.array(direct["embeddings"]), atol=1e-6)
     assert reply.usage.prompt_tokens == sum(direct["token_counts"])
-    as_floats = client.embeddings.create(model="m", input="a photo of a cat", encoding_format="float")
+    as_floats = client.embeddings.create(model=text_model, input="a photo of a cat", encoding_format="float")
     np.testing.assert_allclose(as_floats.data[0].embedding, direct["embeddings"][0], atol=1e-6)
 
+    with pytest.raises(openai.NotFoundError) as unknown:  # a name no model answers to
+        client.embeddings.create(model="text-embedding-3-small", input="a photo of a cat")
+    assert unknown.value.body["reason"] == "model_not_found"
     mixed = ok(gateway + "/v1/embeddings", {"input": ["a cat", {"type": "image", "image": PNG_B64}]})
     assert [len(d["embedding"]) for d in mixed["data"]] == [384, 1280]
     image = ok(gateway + "/v1/embed/image", {"images": [f"data:image/png;base64,{PNG_B64}"]})
@@ -201,7 +206,8 @@ def test_openapi_and_swagger_ui_are_served(gateway: str) -> None:
 def test_api_keys_on_a_second_gateway(text_service, vision_service, fusion_service, log_dir) -> None:
     keyed = start_service(
         "gateway",
-        args=["--api-keys", "secret-1,secret-2", "--text-address", text_service.address,
+        args=["--api-keys", "secret-1,secret-2", "--model-aliases", "m=sentence-transformers/all-MiniLM-L6-v2",
+              "--text-address", text_service.address,
               "--vision-address", vision_service.address, "--fusion-address", fusion_service.address],
         log_dir=log_dir,
     )  # fmt: skip
@@ -212,7 +218,10 @@ def test_api_keys_on_a_second_gateway(text_service, vision_service, fusion_servi
         assert post_json(url, {"texts": ["a"]}, headers={"Authorization": "Bearer secret-2"}).status == 200
         assert post_json(keyed.url + "/v1/models", None).status == 401
         client = openai.OpenAI(base_url=keyed.url + "/v1", api_key="secret-1", max_retries=0)
-        assert len(client.embeddings.create(model="m", input="with a key").data[0].embedding) == 384
+        assert (
+            len(client.embeddings.create(model="m", input="with a key").data[0].embedding) == 384
+        )  # an alias
+        assert "m" in {m.id for m in client.models.list()}
         for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
             assert post_json(keyed.url + path, None).status == 200, path
     finally:

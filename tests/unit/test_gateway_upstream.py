@@ -331,7 +331,7 @@ def test_openai_route_keeps_order_and_sends_each_modality_to_its_encoder(client,
     cat, dog = png("cat"), png("dog")
     items = ["first text", {"type": "image", "image": b64(cat)}, {"type": "text", "text": "second text"},
              {"type": "image", "image": "data:image/png;base64," + b64(dog)}]  # fmt: skip
-    body = ok(client.post("/v1/embeddings", json={"input": items, "model": "anything"}))
+    body = ok(client.post("/v1/embeddings", json={"input": items, "model": "fake-text+fake-vision"}))
     assert b.requests("text.Embed")[0].texts == ["first text", "second text"]
     assert list(b.requests("vision.Embed")[0].images) == [cat, dog]  # raw bytes, untouched
     expected = [text_vector("first text"), image_vector(cat), text_vector("second text"), image_vector(dog)]
@@ -365,7 +365,8 @@ def test_mixed_inputs_call_both_encoders_in_parallel(client, b) -> None:
 
 @pytest.fixture(scope="module")
 def http_url(backends: Backends) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, gateway_app(backends, api_keys="sk-test"), threaded=True)
+    app = gateway_app(backends, api_keys="sk-test", model_aliases="all-MiniLM-L6-v2=fake-text, m=fake-text")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
@@ -388,6 +389,37 @@ def test_the_official_openai_client_works_unchanged(http_url, b) -> None:
         )
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="m", input="")
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.embeddings.create(model="text-embedding-3-small", input="x")
+    assert unknown.value.body["reason"] == "model_not_found" and unknown.value.body["param"] == "model"
+
+
+def test_model_names_are_served_ids_or_declared_aliases(backends, b) -> None:
+    client = gateway_app(backends, model_aliases="small=fake-text,eyes=fake-vision").test_client()
+    for name in ("fake-text", "small"):  # an id, an alias
+        assert ok(client.post("/v1/embeddings", json={"input": "a", "model": name}))["model"] == "fake-text"
+    mixed = {"input": ["a", {"type": "image", "image": b64(png("m"))}]}
+    ok(client.post("/v1/embeddings", json={**mixed, "model": "small+eyes"}))
+    unknown = client.post("/v1/embeddings", json={"input": "a", "model": "text-embedding-3-small"})
+    error = unknown.get_json()["error"]
+    assert unknown.status_code == 404 and (error["status"], error["reason"], error["param"]) == (
+        "NOT_FOUND",
+        "model_not_found",
+        "model",
+    )
+    called = len(b.requests("text.Embed"))
+    wrong_modality = client.post("/v1/embeddings", json={**mixed, "model": "small"})
+    assert wrong_modality.status_code == 400 and "not image" in wrong_modality.get_json()["error"]["message"]
+    assert len(b.requests("text.Embed")) == called, "a refused name costs no forward pass"
+    listed = {m["id"]: m for m in ok(client.get("/v1/models"))["data"]}
+    assert listed["small"]["alias_of"] == "fake-text" and listed["small"]["embedding_dim"] == 8
+    assert listed["eyes"]["alias_of"] == "fake-vision" and "alias_of" not in listed["fake-text"]
+
+
+@pytest.mark.parametrize("aliases", ["nope", "a=", "a=b=c", "a=b,a=c", "a=a", "a b=c"])
+def test_malformed_aliases_stop_the_gateway(backends, aliases: str) -> None:
+    with pytest.raises(ValueError, match="model alias"):
+        gateway_app(backends, model_aliases=aliases)
 
 
 def test_multipart_upload_sends_the_files_bytes_untouched(client, b) -> None:

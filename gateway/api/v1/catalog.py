@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from flask import Blueprint, Response
 
@@ -28,6 +29,10 @@ MODEL = obj(
         "max_input_tokens": INT,
         "num_labels": INT,
         "labels": {**array(STR), "description": "classes or entity types the model returns"},
+        "alias_of": {
+            **STR,
+            "description": "for an alias (MMSERVE_GATEWAY_MODEL_ALIASES): the model it names",
+        },
     },
     ["id", "object", "modality", "task", "embedding_dim"],
 )
@@ -79,7 +84,19 @@ def models() -> Response:
             failures.append(error)
     if not infos:
         raise failures[0]
-    return json_response({"object": "list", "data": [m for info in infos for m in _models(info)]})
+    listed = [m for info in infos for m in _models(info)]
+    return json_response({"object": "list", "data": listed + _aliases(listed, state().aliases)})
+
+
+def _aliases(listed: list[dict], aliases: Mapping[str, str]) -> list[dict]:
+    """An entry per declared alias of a listed model: clients that check a name against this list
+    (OpenAI's models.list) find the names they may send."""
+    by_id = {m["id"]: m for m in listed}
+    return [
+        {**by_id[target], "id": alias, "alias_of": target}
+        for alias, target in sorted(aliases.items())
+        if target in by_id
+    ]
 
 
 HEAD = obj(

@@ -14,7 +14,8 @@ from gateway.api.v1.audio import AUDIO
 from gateway.api.v1.video import VIDEO
 from gateway.encoding import json_response, vector_rows
 from gateway.endpoints import endpoint, state
-from gateway.errors import invalid
+from gateway.errors import ApiError, invalid
+from gateway.model_names import check_embedding_model
 from gateway.schema import (
     TEXT_PATTERN,
     Context,
@@ -114,7 +115,9 @@ OPENAI_REQUEST = Object(
     {
         "input": EmbeddingInput(),
         "model": String(
-            "Accepted for compatibility; the served encoders answer (GET /v1/models lists them)."
+            "A served embedding model's id or a declared alias (GET /v1/models lists both); the model "
+            "of each input's modality, joined by '+', for mixed inputs. Left out: the served encoders "
+            "answer. Any other name: 404 with reason model_not_found."
         ),
         "encoding_format": ENCODING_FORMAT,
         "dimensions": Dimensions(
@@ -156,6 +159,8 @@ def openai_embeddings(body: dict) -> Response:
     groups: dict[str, list[int]] = {}
     for index, (kind, _) in enumerate(items):
         groups.setdefault(kind, []).append(index)
+    if body["model"]:
+        _check_model(body["model"], {_MODALITY_OF[kind] for kind in groups})
     requests = {
         kind: call([items[i][1] for i in groups[kind]])
         for kind, call in _EMBED_CALLS.items()
@@ -186,6 +191,27 @@ def openai_embeddings(body: dict) -> Response:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
+
+
+# The modality whose encoder embeds each item kind (a video's frames go through the image model).
+_MODALITY_OF = {"text": "text", "image": "image", "video": "image", "audio": "audio"}
+
+
+def _check_model(requested: str, modalities: set[str]) -> None:
+    """A name the served models answer to; known names are checked against what the gateway last
+    heard, an unknown one after asking the encoders again (a model deployed a moment ago)."""
+    gateway = state()
+    served = gateway.served.embedding_models()
+    if not served:
+        return  # no encoder has answered yet: the call itself says whether they serve
+    try:
+        check_embedding_model(requested, gateway.aliases, served, modalities)
+    except ApiError as error:
+        if error.http_status != 404:
+            raise
+        check_embedding_model(
+            requested, gateway.aliases, gateway.served.embedding_models(ask_now=True), modalities
+        )
 
 
 # Each item kind's embedding call: inputs -> (service, method, request).

@@ -190,7 +190,7 @@ def _ask_backends() -> tuple[dict[str, oip.Model], list[ApiError]]:
 
 def _model(name: str, version: str) -> oip.Model:
     catalogue = current_app.extensions.setdefault("mmserve.oip_catalogue", _Catalogue())
-    model = catalogue.model(name)
+    model = catalogue.model(state().aliases.get(name, name))  # the aliases /v1 accepts, too
     model.check_version(version)
     return model
 

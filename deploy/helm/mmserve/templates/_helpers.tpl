@@ -227,6 +227,14 @@ not repeat these names (the template fails instead of emitting duplicates).
   value: {{ $values.heads.mountPath | quote }}
 {{- end }}
 {{- if eq $c "gateway" }}
+{{- with $values.modelAliases }}
+{{- $pairs := list }}
+{{- range $alias, $target := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $alias $target) }}
+{{- end }}
+{{ $p }}MODEL_ALIASES:
+  value: {{ join "," $pairs | quote }}
+{{- end }}
 {{ $p }}FUSION_ADDRESS:
   value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "fusion") | quote }}
 {{ $p }}TEXT_ADDRESS:
