@@ -1,45 +1,42 @@
 """Response encoding on the hot path: JSON bodies and float32 matrices, each built once.
 
-Embeddings dominate response time: a 384-d vector as JSON floats costs more CPU than the rest of
-a request in the gateway. Python prints a float32 widened to a double with up to 17 digits;
-9 significant digits identify any float32 exactly, so values are rounded to those first (one
-vectorised numpy pass), which makes the text a third shorter and faster to print and to parse,
-while every number still reads back as the same float32.
+Embeddings dominate response time: a 384-d vector as JSON is most of a response's bytes. orjson
+writes a float32 array natively (no per-number Python objects), each number in the shortest
+form that reads back as the same float32 (0.1, not 0.10000000149011612), and the whole body in
+one call, several times faster than the standard library's encoder.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 
 import numpy as np
+import orjson
 from flask import Response
 
 _LE_FLOAT32 = np.dtype("<f4")
+# numpy arrays and scalars as JSON numbers; keys that are not strings (never expected) as text.
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return Response(text, status=status, headers=headers, mimetype="application/json")
+    return Response(
+        orjson.dumps(body, option=_JSON_OPTIONS), status=status, headers=headers, mimetype="application/json"
+    )
 
 
-def short_float(value: float) -> float:
-    """A float32 score with at most 9 significant digits (enough to identify it), as for embeddings."""
-    return float(f"{value:.9g}")
+def short_float(value: float) -> np.float32:
+    """A float32 score, written in the shortest form that identifies it (as embeddings are)."""
+    return np.float32(value)
 
 
-def float_rows(matrix: np.ndarray) -> list[list[float]]:
-    """Rows of a float32 matrix as Python floats of at most 9 significant digits (each reads back as the same float32)."""
-    values = np.asarray(matrix, dtype=np.float64)
+def float_rows(matrix: np.ndarray) -> np.ndarray:
+    """A float32 matrix to answer as rows of JSON numbers (json_response writes it natively).
+    NaN or infinity is an error, as in any JSON: never a silent ``null``."""
+    values = np.ascontiguousarray(matrix, dtype=np.float32)
     if not np.isfinite(values).all():
-        return values.tolist()  # NaN/inf: let the JSON encoder refuse them
-    magnitude = np.abs(values)
-    exponent = np.floor(np.log10(magnitude, out=np.zeros_like(magnitude), where=magnitude > 0))
-    # 9 significant digits. Dividing by an exact power of ten (1e-14 <= |x| < 1e9) lands on the
-    # double nearest the 9-digit decimal, whose repr is that decimal; elsewhere the value is still
-    # exact as a float32, only longer.
-    scale = 10.0 ** (8 - exponent)
-    return (np.rint(values * scale) / scale).tolist()
+        raise ValueError("non-finite values in a response")
+    return values
 
 
 def base64_rows(matrix: np.ndarray) -> list[str]:

@@ -9,11 +9,11 @@ Unknown fields are ignored, as OpenAI's API does (its clients send extra ones su
 from __future__ import annotations
 
 import binascii
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
 from flask import Request
 
 from gateway.errors import ApiError, invalid
@@ -402,9 +402,11 @@ def parse_json_body(request: Request, schema: Object, ctx: Context) -> dict[str,
         raise ApiError(415, "send the request body as JSON with 'Content-Type: application/json'")
     raw = request.get_data(cache=False)  # over max_body_bytes raises 413 here
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise invalid("the request body is not valid JSON") from None
+        # orjson: several times faster than json.loads, and strict (no NaN/Infinity literals, no
+        # lone surrogates, nesting capped), so nothing JSON does not allow reaches the checks.
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise invalid(f"the request body is not valid JSON: {error.msg}") from None
     return schema.parse(data, "", ctx)
 
 

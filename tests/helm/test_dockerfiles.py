@@ -34,6 +34,7 @@ GATEWAY_DISTRIBUTIONS = {
     "prometheus_client": "prometheus-client",
     "PIL": "pillow",
     "numpy": "numpy",
+    "orjson": "orjson",
     "swagger_ui_bundle": "swagger-ui-bundle",
 }
 

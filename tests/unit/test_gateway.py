@@ -24,7 +24,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from gateway.admission import InFlightBudget
 from gateway.app import create_app
-from gateway.encoding import base64_rows, float_rows
+from gateway.encoding import base64_rows, float_rows, json_response
 from gateway.endpoints import state
 from gateway.errors import HTTP_STATUS, ApiError, from_rpc_error
 from services.common.settings import AudioSettings, FusionSettings, GatewaySettings
@@ -389,22 +389,26 @@ def test_metrics_parse_and_count_requests_by_url_rule(client) -> None:
 # --- pieces ------------------------------------------------------------------------------------
 
 
-def significant_digits(value: float) -> int:
-    return len(Decimal(repr(value)).normalize().as_tuple().digits)
+def significant_digits(number: str) -> int:
+    return len(Decimal(number).normalize().as_tuple().digits)
 
 
-def test_float_rows_keep_every_float32_exact_in_fewer_digits() -> None:
+def test_json_float_rows_keep_every_float32_exact_in_fewer_digits() -> None:
     rng = np.random.default_rng(0)
     for scale in (1e-30, 1e-6, 0.05, 1.0, 1e6, 1e29):
         matrix = (rng.standard_normal((8, 384)) * scale).astype(np.float32)
         matrix[0, :3] = [0.0, -0.0, 1.0]
-        rows = float_rows(matrix)
+        text = json_response({"rows": float_rows(matrix)}).get_data(as_text=True)
+        rows = json.loads(text)["rows"]
         np.testing.assert_array_equal(np.array(rows, dtype=np.float32), matrix)
-        if 1e-6 <= scale <= 1e6:  # short where embeddings live (exact everywhere)
-            assert max(significant_digits(v) for row in rows for v in row) <= 9
+        numbers = re.findall(r"-?[0-9][0-9.eE+-]*", text)
+        assert len(numbers) == matrix.size and max(significant_digits(n) for n in numbers) <= 9
     unit = rng.standard_normal((1, 384)).astype(np.float32)
     unit /= np.linalg.norm(unit)
-    assert len(json.dumps(float_rows(unit))) < 0.75 * len(json.dumps(unit.tolist()))
+    written = json_response(float_rows(unit)).get_data()
+    assert len(written) < 0.75 * len(json.dumps(unit.tolist()))
+    with pytest.raises(ValueError, match="non-finite"):
+        float_rows(np.array([[0.5, np.nan]], dtype=np.float32))
 
 
 def test_base64_rows_are_little_endian_float32() -> None:
