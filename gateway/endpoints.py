@@ -80,11 +80,15 @@ class ServedModels:
             self._ask([name for name in ENCODERS if name not in self._infos])
 
     def _ask(self, names: list[str]) -> None:
-        # One thread asks; the others go on with what is known rather than queue behind it.
-        if not self._lock.acquire(blocking=False):
+        # One thread asks. While a refresh is under way the others go on with what is known; with
+        # nothing known yet (a worker's first requests) they wait for the answer, then reuse it.
+        knows_all = all(name in self._infos for name in names)
+        if not self._lock.acquire(blocking=not knows_all):
             return
         try:
             now = time.monotonic()
+            if not knows_all and now < self._next_ask:
+                return  # answered while this thread waited
             self._next_ask = now + self._retry_s
             if len(names) == len(ENCODERS):
                 self._next_refresh = now + self._refresh_s

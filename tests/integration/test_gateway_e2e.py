@@ -243,6 +243,7 @@ def test_openapi_contract_holds_under_every_schemathesis_check(gateway: str, tmp
     print(done.stdout[-3000:])
     assert done.returncode == 0, done.stdout[-20000:] + done.stderr[-3000:]
     document = ok(gateway + "/openapi.json", None)
-    documented = sum(len(item) for item in document["paths"].values())
-    tested = ElementTree.parse(junit).getroot().findall(".//testcase")
-    assert documented >= 20 and len(tested) == documented, (documented, len(tested))
+    documented = {f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item}
+    tested = {case.get("name") for case in ElementTree.parse(junit).getroot().findall(".//testcase")}
+    # Every operation but the document's own (schemathesis does not call the schema it loaded).
+    assert len(documented) >= 20 and tested == documented - {"GET /openapi.json"}, documented ^ tested
