@@ -299,6 +299,46 @@ class EncodedFile(Field):
 
 
 @dataclass(frozen=True)
+class NumberMap(Field):
+    """An object of name -> finite number (tabular features); which names a head reads is the
+    head's to check (fusion refuses missing and unknown ones, naming them)."""
+
+    max_items: int
+    description: str = ""
+    plural = "objects of numbers"
+
+    def parse(self, value: Any, where: str, ctx: Context) -> dict[str, float]:
+        if not isinstance(value, dict):
+            raise invalid(f"'{where}' must be an object of name -> number")
+        if not value:
+            raise invalid(f"'{where}' must name at least one feature")
+        if len(value) > self.max_items:
+            raise invalid(f"too many entries in '{where}': {len(value)} (limit {self.max_items})")
+        parsed = {}
+        for name, number in value.items():
+            # json.loads reads NaN and Infinity, which no head can use.
+            if isinstance(number, bool) or not isinstance(number, int | float) or number != number:
+                raise invalid(f"'{where}.{name}' must be a number")
+            try:
+                parsed[name] = float(number)
+            except OverflowError:  # an integer beyond float range
+                parsed[name] = float("inf")
+            if parsed[name] in (float("inf"), float("-inf")):
+                raise invalid(f"'{where}.{name}' must be a finite number")
+        return parsed
+
+    def openapi(self, ctx: Context) -> dict[str, Any]:
+        return self._documented(
+            {
+                "type": "object",
+                "additionalProperties": {"type": "number"},
+                "minProperties": 1,
+                "maxProperties": self.max_items,
+            }
+        )
+
+
+@dataclass(frozen=True)
 class ListOf(Field):
     item: Field
     max_items: int | None = None  # None: the gateway's per-request limit

@@ -254,6 +254,7 @@ def start_stack(
         vision.wait_ready(timeout_s)
         audio.wait_ready(timeout_s)
         fusion_args = ["--text-address", text.address, "--vision-address", vision.address]
+        fusion_args += ["--audio-address", audio.address]
         if heads_dir is not None:
             fusion_args += ["--heads-dir", heads_dir]
         fusion = launch("fusion", fusion_args, wait=True)

@@ -57,7 +57,11 @@ def audio_service(log_dir: Path) -> Iterator[ServiceProcess]:
 
 @pytest.fixture(scope="session")
 def fusion_service(
-    text_service: ServiceProcess, vision_service: ServiceProcess, heads_dir: Path, log_dir: Path
+    text_service: ServiceProcess,
+    vision_service: ServiceProcess,
+    audio_service: ServiceProcess,
+    heads_dir: Path,
+    log_dir: Path,
 ) -> Iterator[ServiceProcess]:
     service = start_service(
         "fusion",
@@ -66,6 +70,8 @@ def fusion_service(
             text_service.address,
             "--vision-address",
             vision_service.address,
+            "--audio-address",
+            audio_service.address,
             "--heads-dir",
             str(heads_dir),
             "--heads-reload-interval-s",

@@ -2,18 +2,23 @@
 
 Three layouts, picked by ``read_examples`` from the path:
 
-- JSONL: each line an object with ``text`` (string or null), ``image`` and what the head
-  learns: ``label`` (a string or a number, used as its text; classification), ``target`` (a
+- JSONL: each line an object with any of ``text`` (string or null), ``image``, ``audio``,
+  ``features`` and what the head learns: ``label`` (a string or a number, used as its text; classification), ``target`` (a
   number; regression), ``targets`` (``{name: number}``; regression with several targets) or
   ``labels`` (``{task: value}``; multi-task, a string or number per task, tasks may be missing
   from a row). ``image`` is one of: a path relative to the JSONL file (or absolute) ending in
-  .png/.jpg/.jpeg/.webp/.gif, a ``data:image/...;base64,`` URL, raw base64, or null.
-- CSV with a header row naming ``text``, ``image`` and the answers: a ``label`` column,
-  a ``target`` column, ``target.<name>`` columns and/or ``label.<task>`` columns (same values
-  as JSONL; an empty cell is null; a ``label.<task>`` cell that parses as a number is one).
+  .png/.jpg/.jpeg/.webp/.gif, a ``data:image/...;base64,`` URL, raw base64, or null; ``audio``
+  likewise, a path ending in .wav/.flac/.ogg/.mp3/.m4a; ``features`` is ``{name: number}``
+  (tabular features: every row that has them gives the same names, finite numbers).
+- CSV with a header row naming ``text``, ``image``, ``audio``, ``feature.<name>`` columns and
+  the answers: a ``label`` column, a ``target`` column, ``target.<name>`` columns and/or
+  ``label.<task>`` columns (same values as JSONL; an empty cell is null; a ``label.<task>``
+  cell that parses as a number is one).
 - An image folder: ``<dir>/<label>/<image file>``, one sub-directory per class (image only).
 
-A row may lack one modality; it then trains with that modality masked out. ``target``,
+A row may carry any subset of the modalities; it then trains with the others masked out. A
+head's modalities are what the data carries (``--modalities`` picks a subset); data with only
+text and/or image trains a text + image head, as every head did before modalities were a list. ``target``,
 ``targets`` and ``labels`` meet in ``Example.targets`` (``target`` is the target named
 ``target``); a NaN or infinite number is refused with the file and line.
 """
@@ -34,9 +39,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training.embedders import Embedder
+from services.fusion.modalities import FEATURES, NAMES, TEXT_IMAGE, ordered
+from training.embedders import Embedder, embed_with, encoder_info
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a")
+_SUFFIXES = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}
 
 
 class DataError(ValueError):
@@ -50,21 +58,67 @@ class Example:
     label: str | None
     # Regression targets and multi-task labels by name: a float, or a string class label.
     targets: Mapping[str, str | float] = field(default_factory=dict)
+    audio: bytes | None = None
+    features: Mapping[str, float] | None = None
+
+    def has(self, modality: str) -> bool:
+        return getattr(self, modality) is not None
 
 
-@dataclass(frozen=True)
 class EmbeddedSet:
-    """Embeddings of a list of examples; absent modalities are zero rows with a False mask."""
+    """Embeddings of a list of examples: per modality an array [N, D] (zero rows where absent)
+    and a mask [N] (False where absent); ``features`` hold the raw numbers, in ``feature_names``
+    order. ``text``, ``image``, ``text_mask`` and ``image_mask`` build (and read) a text + image set."""
 
-    text: np.ndarray  # [N, Dt] float32
-    image: np.ndarray  # [N, Di] float32
-    text_mask: np.ndarray  # [N] bool
-    image_mask: np.ndarray  # [N] bool
-    labels: tuple[str | None, ...]
-    targets: tuple[Mapping[str, str | float], ...] = ()  # per row; () when no row has any
+    def __init__(
+        self,
+        text: np.ndarray | None = None,
+        image: np.ndarray | None = None,
+        text_mask: np.ndarray | None = None,
+        image_mask: np.ndarray | None = None,
+        labels: Sequence[str | None] = (),
+        targets: Sequence[Mapping[str, str | float]] = (),  # per row; () when no row has any
+        *,
+        inputs: Mapping[str, np.ndarray] | None = None,
+        masks: Mapping[str, np.ndarray] | None = None,
+        feature_names: Sequence[str] = (),
+    ) -> None:
+        inputs, masks = dict(inputs or {}), dict(masks or {})
+        for modality, array, mask in (("text", text, text_mask), ("image", image, image_mask)):
+            if array is not None:
+                inputs[modality] = array
+                masks[modality] = mask if mask is not None else np.ones(len(array), dtype=bool)
+        self.inputs = {m: inputs[m] for m in ordered(inputs)}
+        self.masks = {m: np.asarray(masks[m], dtype=bool) for m in self.inputs}
+        self.labels = tuple(labels)
+        self.targets = tuple(targets)
+        self.feature_names = tuple(feature_names)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.inputs)
+
+    text = property(lambda self: self.inputs["text"])
+    image = property(lambda self: self.inputs["image"])
+    text_mask = property(lambda self: self.masks["text"])
+    image_mask = property(lambda self: self.masks["image"])
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def subset(self, rows: np.ndarray) -> EmbeddedSet:
+        return EmbeddedSet(
+            labels=[self.labels[i] for i in rows],
+            targets=[self.targets[i] for i in rows] if self.targets else (),
+            inputs={m: array[rows] for m, array in self.inputs.items()},
+            masks={m: mask[rows] for m, mask in self.masks.items()},
+            feature_names=self.feature_names,
+        )
+
+    def all_present(self, modalities: Sequence[str] | None = None) -> np.ndarray:
+        """[N] bool: the rows that carry every one of ``modalities`` (default: all of the set's)."""
+        names = self.modalities if modalities is None else modalities
+        return np.all(np.stack([self.masks[m] for m in names]), axis=0)
 
 
 @dataclass(frozen=True)
@@ -74,28 +128,42 @@ class Splits:
     test: np.ndarray
 
 
-def _read_image(value: str, base_dir: Path, where: str) -> bytes:
+def _read_media(value: str, base_dir: Path, where: str, modality: str) -> bytes:
+    """An image or audio file given as a path (by its suffix), a base64 data URL or raw base64."""
     if value.startswith("data:"):
         header, _, payload = value.partition(",")
         if ";base64" not in header or not payload:
-            raise DataError(f"{where}: image data URL must be base64-encoded (data:image/png;base64,...)")
-        return _b64(payload, where)
-    if value.lower().endswith(IMAGE_SUFFIXES):
+            raise DataError(f"{where}: {modality} data URL must be base64-encoded (data:<type>;base64,...)")
+        return _b64(payload, where, modality)
+    if value.lower().endswith(_SUFFIXES[modality]):
         path = Path(value) if Path(value).is_absolute() else base_dir / value
         try:
             return path.read_bytes()
         except OSError as exc:
-            raise DataError(f"{where}: cannot read image {path}: {exc.strerror or exc}") from None
-    return _b64(value, where)
+            raise DataError(f"{where}: cannot read {modality} {path}: {exc.strerror or exc}") from None
+    return _b64(value, where, modality)
 
 
-def _b64(payload: str, where: str) -> bytes:
+def _b64(payload: str, where: str, modality: str = "image") -> bytes:
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise DataError(
-            f"{where}: image is neither a path ending in {'/'.join(IMAGE_SUFFIXES)} nor valid base64"
+            f"{where}: {modality} is neither a path ending in {'/'.join(_SUFFIXES[modality])} nor valid base64"
         ) from None
+
+
+def _features(value: Any, where: str) -> dict[str, float]:
+    if not isinstance(value, dict) or not value:
+        raise DataError(f"{where}: features must be an object of name -> number")
+    features = {}
+    for name, number in value.items():
+        if not isinstance(name, str) or not name:
+            raise DataError(f"{where}: feature names must be non-empty strings")
+        if not _is_number(number) or not math.isfinite(number):
+            raise DataError(f"{where}: feature {name!r} must be a finite number, got {number!r}")
+        features[name] = float(number)
+    return features
 
 
 def _is_number(value: Any) -> bool:
@@ -157,10 +225,12 @@ def _example(
 ) -> Example:
     """One row of any layout, checked; raises DataError naming the file and line."""
     text, image, label = row.get("text"), row.get("image"), row.get("label")
+    audio, features = row.get("audio"), row.get("features")
     if text is not None and not isinstance(text, str):
         raise DataError(f"{where}: text must be a string or null")
-    if image is not None and not isinstance(image, str):
-        raise DataError(f"{where}: image must be a string (path, data URL or base64) or null")
+    for modality, value in (("image", image), ("audio", audio)):
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"{where}: {modality} must be a string (path, data URL or base64) or null")
     if label is not None:
         label = _label_text(label, "label", where)
     if require_label and label is None:
@@ -168,10 +238,16 @@ def _example(
     targets = _targets(row, where)
     if require_targets and not targets and label is None:
         raise DataError(f"{where}: missing target (give target, targets or labels)")
-    if text is None and image is None:
-        raise DataError(f"{where}: a row needs text, image or both")
-    image_bytes = _read_image(image, base_dir, where) if image is not None else None
-    return Example(text, image_bytes, label, targets)
+    if text is None and image is None and audio is None and features is None:
+        raise DataError(f"{where}: a row needs text, image, audio or features (any of them)")
+    return Example(
+        text,
+        _read_media(image, base_dir, where, "image") if image is not None else None,
+        label,
+        targets,
+        audio=_read_media(audio, base_dir, where, "audio") if audio is not None else None,
+        features=_features(features, where) if features is not None else None,
+    )
 
 
 def _nonempty(examples: list[Example], path: Path) -> list[Example]:
@@ -215,13 +291,23 @@ def read_csv(path: Path | str, require_label: bool = True, require_targets: bool
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or ())
-        if not columns & {"text", "image"}:
-            raise DataError(f"{path}:1: the header needs a text or image column; found {sorted(columns)}")
+        feature_columns = [c for c in reader.fieldnames or () if c.startswith("feature.")]
+        if not columns & {"text", "image", "audio"} and not feature_columns:
+            raise DataError(
+                f"{path}:1: the header needs a text or image column (or audio, feature.<name>); found {sorted(columns)}"
+            )
         target_columns = sorted(c for c in columns if c.startswith("target."))
         task_columns = sorted(c for c in columns if c.startswith("label."))
         for row in reader:
             where = f"{path}:{reader.line_num}"
-            values: dict[str, Any] = {key: (row.get(key) or None) for key in ("text", "image", "label")}
+            values: dict[str, Any] = {
+                key: (row.get(key) or None) for key in ("text", "image", "audio", "label")
+            }
+            if any(row.get(c) for c in feature_columns):
+                values["features"] = {
+                    c.removeprefix("feature."): _csv_number(row.get(c) or "", c, where)
+                    for c in feature_columns
+                }
             if row.get("target"):
                 values["target"] = _csv_number(row["target"], "target", where)
             values["targets"] = {
@@ -284,35 +370,88 @@ def file_sha256(path: Path | str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def data_modalities(examples: Sequence[Example], wanted: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The head's modalities: ``wanted`` (checked against the data), else those the data carries;
+    data with only text and/or image gives a text + image head, as heads always were."""
+    carried = ordered(m for m in NAMES if any(e.has(m) for e in examples))
+    if wanted:
+        try:
+            chosen = ordered(wanted)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        absent = [m for m in chosen if m not in carried]
+        if absent:
+            raise DataError(f"no row carries {', '.join(absent)}; the data carries {', '.join(carried)}")
+        if not any(any(e.has(m) for m in chosen) for e in examples):
+            raise DataError("no row carries any of the chosen modalities")
+        return chosen
+    return TEXT_IMAGE if set(carried) <= set(TEXT_IMAGE) else carried
+
+
+def feature_names(examples: Sequence[Example]) -> tuple[str, ...]:
+    """The feature names rows give, in the first such row's order; every row with features gives
+    the same names (DataError naming the row otherwise)."""
+    names: tuple[str, ...] = ()
+    for index, example in enumerate(examples):
+        if example.features is None:
+            continue
+        if not names:
+            names = tuple(example.features)
+        elif set(example.features) != set(names):
+            differ = sorted(set(example.features) ^ set(names))
+            raise DataError(f"row {index + 1}: its features differ from the first row's in {differ}")
+    return names
+
+
 def embed_examples(
-    examples: Sequence[Example], embedder: Embedder, chunk_size: int = 64, progress: bool = True
+    examples: Sequence[Example],
+    embedder: Embedder,
+    chunk_size: int = 64,
+    progress: bool = True,
+    modalities: Sequence[str] | None = None,
 ) -> EmbeddedSet:
-    """Embeds every present text and image, in chunks (the progress bar advances per chunk)."""
+    """Embeds every present item of the head's modalities (``data_modalities``), in chunks (the
+    progress bar advances per chunk); features are kept as raw numbers."""
     n = len(examples)
-    text = np.zeros((n, embedder.text_info.embedding_dim), dtype=np.float32)
-    image = np.zeros((n, embedder.image_info.embedding_dim), dtype=np.float32)
-    text_rows = np.array([i for i, e in enumerate(examples) if e.text is not None], dtype=np.int64)
-    image_rows = np.array([i for i, e in enumerate(examples) if e.image is not None], dtype=np.int64)
+    chosen = data_modalities(examples, modalities)
+    rows = {m: np.array([i for i, e in enumerate(examples) if e.has(m)], dtype=np.int64) for m in chosen}
+    names = feature_names(examples) if FEATURES in chosen else ()
+    inputs: dict[str, np.ndarray] = {}
     with tqdm(
-        total=len(text_rows) + len(image_rows),
+        total=sum(len(r) for m, r in rows.items() if m != FEATURES),
         desc="embedding",
         unit="item",
         disable=None if progress else True,
     ) as bar:
-        for start in range(0, len(text_rows), chunk_size):
-            rows = text_rows[start : start + chunk_size]
-            text[rows] = embedder.embed_texts([examples[i].text for i in rows])
-            bar.update(len(rows))
-        for start in range(0, len(image_rows), chunk_size):
-            rows = image_rows[start : start + chunk_size]
-            image[rows] = embedder.embed_images([examples[i].image for i in rows])
-            bar.update(len(rows))
-    text_mask = np.zeros(n, dtype=bool)
-    text_mask[text_rows] = True
-    image_mask = np.zeros(n, dtype=bool)
-    image_mask[image_rows] = True
+        for modality in chosen:
+            if modality == FEATURES:
+                inputs[modality] = np.zeros((n, len(names)), dtype=np.float64)
+                for i in rows[modality]:
+                    inputs[modality][i] = [examples[i].features[name] for name in names]
+                continue
+            inputs[modality] = np.zeros((n, encoder_info(embedder, modality).embedding_dim), dtype=np.float32)
+            for start in range(0, len(rows[modality]), chunk_size):
+                part = rows[modality][start : start + chunk_size]
+                inputs[modality][part] = embed_with(
+                    embedder, modality, [getattr(examples[i], modality) for i in part]
+                )
+                bar.update(len(part))
+    masks = {}
+    for modality in chosen:
+        masks[modality] = np.zeros(n, dtype=bool)
+        masks[modality][rows[modality]] = True
+    carried = np.any(np.stack(list(masks.values())), axis=0)
+    if not carried.all():
+        empty = int(np.flatnonzero(~carried)[0])
+        raise DataError(f"row {empty + 1} carries none of the head's modalities ({', '.join(chosen)})")
     targets = tuple(dict(e.targets) for e in examples) if any(e.targets for e in examples) else ()
-    return EmbeddedSet(text, image, text_mask, image_mask, tuple(e.label for e in examples), targets)
+    return EmbeddedSet(
+        labels=tuple(e.label for e in examples),
+        targets=targets,
+        inputs=inputs,
+        masks=masks,
+        feature_names=names,
+    )
 
 
 def split_indices(

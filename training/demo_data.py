@@ -1,4 +1,4 @@
-"""Draws a small labelled multimodal data set (coloured shapes + captions) for the demo heads.
+"""Draws a small labelled multimodal data set (coloured shapes, captions, sounds, numbers) for the demo heads.
 
 ``python -m training.demo_data --out data/demo [--n 1200 --seed 0]`` writes one PNG per
 item under ``<out>/images/`` (and the region task's two-shape images under
@@ -24,6 +24,16 @@ file); all but the region task draw on the same images:
   colours); the text asks for the colour of one side ("what colour is the shape on the
   left?"), the label is that colour. The text decides which image region matters: the text
   alone is at chance (1/5), the image alone at best picks one of its two colours.
+- ``risk.jsonl`` (text + features, no image): a loan application. The text names its purpose
+  (risky purposes such as "a trip to the casino", or safe ones such as "a new roof"), the
+  ``features`` give ``debt_to_income``, ``age`` and ``years_employed`` (the last two carry
+  nothing). The label is ``high`` when the debt-to-income ratio exceeds the purpose's limit
+  (0.25 for risky purposes, 0.75 for safe ones), else ``low``: the text alone and the numbers
+  alone each get about 3 in 4 rows right, both together all of them.
+- ``sound_caption.jsonl`` (text + audio, no image): does the caption describe the sound?
+  (``match`` / ``mismatch``). Clips of one second, written as WAV under ``<out>/audio/``, are
+  one of ``SOUNDS`` (a low hum, a high whistle, static, a beeping alarm, a rising chirp), drawn
+  with numpy; half the captions describe another sound, so each modality alone is at chance.
 
 Deterministic given ``--seed``: the same seed writes byte-identical files (each task draws from
 its own seeded generator, so adding a task leaves the others' rows unchanged).
@@ -32,12 +42,15 @@ its own seeded generator, so adding a task leaves the others' rows unchanged).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import soundfile
 from PIL import Image, ImageDraw
 
 # Far apart in hue so an ImageNet CNN separates them easily.
@@ -99,6 +112,28 @@ REGION_TEMPLATES = (
     "tell me the colour of the shape on the {side} side",
     "{side} shape: what colour?",
 )
+
+
+# The risk demo: loan purposes and the debt-to-income ratio above which each is high risk.
+RISKY_PURPOSES = ("a trip to the casino", "day trading", "a wedding party", "betting on sports")
+SAFE_PURPOSES = ("a new roof", "a child's tuition", "solar panels", "paying off a medical bill")
+RISK_LIMITS = {"risky": 0.25, "safe": 0.75}
+RISK_TEMPLATES = (
+    "loan application for {purpose}",
+    "I need the money for {purpose}",
+    "purpose: {purpose}",
+    "borrowing to pay for {purpose}",
+)
+# The sound demo: each sound's captions (one second at 16 kHz, drawn by ``draw_sound``).
+SOUNDS: dict[str, tuple[str, ...]] = {
+    "hum": ("a low hum", "a deep humming drone", "a low electrical buzz"),
+    "whistle": ("a high whistle", "a shrill high-pitched tone", "someone whistling a high note"),
+    "static": ("static noise", "a hiss of white noise", "radio static"),
+    "alarm": ("a beeping alarm", "an alarm clock beeping", "short repeated beeps"),
+    "chirp": ("a rising chirp", "a sweep going up in pitch", "a siren-like rising tone"),
+}
+SOUND_RATE_HZ = 16_000
+SOUND_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -235,7 +270,78 @@ def _region_rows(out: Path, n: int, seed: int) -> list[dict]:
     return rows
 
 
-def generate(out: Path, n: int = 1200, seed: int = 0) -> dict[str, Path]:
+def _risk_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(f"{seed}-risk")
+    rows = []
+    for _ in range(n):
+        kind = rng.choice(sorted(RISK_LIMITS))
+        purpose = rng.choice(RISKY_PURPOSES if kind == "risky" else SAFE_PURPOSES)
+        ratio = rng.random()
+        rows.append(
+            {
+                "text": rng.choice(RISK_TEMPLATES).format(purpose=purpose),
+                "features": {
+                    "debt_to_income": round(ratio, 4),
+                    "age": rng.randint(18, 80),
+                    "years_employed": round(rng.uniform(0, 40), 1),
+                },
+                "label": "high" if ratio > RISK_LIMITS[kind] else "low",
+            }
+        )
+    return rows
+
+
+def draw_sound(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """One second of one kind of sound (float32 mono at SOUND_RATE_HZ), with random pitch and level."""
+    t = np.arange(int(SOUND_RATE_HZ * SOUND_SECONDS)) / SOUND_RATE_HZ
+    if kind == "hum":
+        f = rng.uniform(90, 140)
+        wave = np.sin(2 * np.pi * f * t) + 0.3 * np.sin(4 * np.pi * f * t)
+    elif kind == "whistle":
+        wave = np.sin(2 * np.pi * rng.uniform(2500, 3500) * t)
+    elif kind == "static":
+        wave = rng.standard_normal(t.size)
+    elif kind == "alarm":
+        beeps = (np.floor(t * rng.uniform(5, 8)) % 2 == 0).astype(np.float64)
+        wave = beeps * np.sin(2 * np.pi * rng.uniform(900, 1100) * t)
+    elif kind == "chirp":
+        start = rng.uniform(300, 500)
+        wave = np.sin(2 * np.pi * (start * t + rng.uniform(1500, 2500) * t**2))
+    else:
+        raise ValueError(f"unknown sound {kind!r}")
+    wave = wave / np.max(np.abs(wave)) * rng.uniform(0.3, 0.8)
+    return (wave + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def wav_bytes(wave: np.ndarray, rate_hz: int = SOUND_RATE_HZ) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, wave, rate_hz, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _sound_rows(out: Path, n: int, seed: int) -> list[dict]:
+    """Writes ``n`` clips under ``<out>/audio/``; each row a caption that matches half the time."""
+    rng = random.Random(f"{seed}-sound")
+    waves = np.random.default_rng(seed)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(n):
+        kind = rng.choice(sorted(SOUNDS))
+        relative = f"audio/{index:05d}.wav"
+        (out / relative).write_bytes(wav_bytes(draw_sound(kind, waves)))
+        matches = rng.random() < 0.5
+        described = kind if matches else rng.choice([k for k in sorted(SOUNDS) if k != kind])
+        rows.append(
+            {
+                "text": rng.choice(SOUNDS[described]),
+                "audio": relative,
+                "label": MATCH if matches else MISMATCH,
+            }
+        )
+    return rows
+
+
+def generate(out: Path, n: int = 1200, seed: int = 0, n_sounds: int = 500) -> dict[str, Path]:
     """Writes the images and the JSONL files; returns the JSONL paths by task name."""
     rng = random.Random(seed)
     images_dir = out / "images"
@@ -280,6 +386,8 @@ def generate(out: Path, n: int = 1200, seed: int = 0) -> dict[str, Path]:
         "order_total": order_total_rows,
         "order": order_rows,
         "region": _region_rows(out, n, seed),
+        "risk": _risk_rows(n, seed),
+        "sound_caption": _sound_rows(out, n_sounds, seed),
     }
     paths = {}
     for task, rows in tasks.items():
@@ -292,10 +400,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.demo_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="Output directory.")
     parser.add_argument("--n", type=int, default=1200, help="Number of images.")
+    parser.add_argument("--n-sounds", type=int, default=500, help="Number of audio clips.")
     parser.add_argument("--seed", type=int, default=0, help="Random seed.")
     args = parser.parse_args(argv)
-    paths = generate(args.out, args.n, args.seed)
-    print(f"wrote {args.n} images and {', '.join(str(p) for p in paths.values())}")
+    paths = generate(args.out, args.n, args.seed, args.n_sounds)
+    print(f"wrote {args.n} images, {args.n_sounds} clips and {', '.join(str(p) for p in paths.values())}")
 
 
 if __name__ == "__main__":

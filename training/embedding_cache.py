@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from services.common.backend import EncoderInfo
-from training.embedders import Embedder
+from training.embedders import Embedder, embed_with, encoder_info
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,26 +83,45 @@ class EmbeddingCache:
 
 
 class CachedEmbedder:
-    """Wraps an Embedder: identical inputs are embedded once, ever (per encoder model + revision)."""
+    """Wraps an Embedder: identical inputs are embedded once, ever (per encoder model + revision).
+
+    Each modality's cache opens on first use, so a head without audio never loads an audio model."""
 
     def __init__(self, inner: Embedder, root: Path | str = DEFAULT_CACHE_DIR) -> None:
         self.inner = inner
-        self.text_info = inner.text_info
-        self.image_info = inner.image_info
-        self._text_cache = EmbeddingCache(root, "text", inner.text_info)
-        self._image_cache = EmbeddingCache(root, "image", inner.image_info)
+        self._root = root
+        self._caches: dict[str, EmbeddingCache] = {}
         self.hits = 0
         self.misses = 0
 
+    @property
+    def text_info(self) -> EncoderInfo:
+        return self.inner.text_info
+
+    @property
+    def image_info(self) -> EncoderInfo:
+        return self.inner.image_info
+
+    @property
+    def audio_info(self) -> EncoderInfo:
+        return encoder_info(self.inner, "audio")
+
+    def _cache(self, modality: str) -> EmbeddingCache:
+        if modality not in self._caches:
+            self._caches[modality] = EmbeddingCache(self._root, modality, encoder_info(self.inner, modality))
+        return self._caches[modality]
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embed(
-            [t.encode("utf-8") for t in texts], texts, self._text_cache, self.inner.embed_texts
-        )
+        return self._embed([t.encode("utf-8") for t in texts], texts, "text")
 
     def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
-        return self._embed(list(images), images, self._image_cache, self.inner.embed_images)
+        return self._embed(list(images), images, "image")
 
-    def _embed(self, contents: list[bytes], items: Sequence, cache: EmbeddingCache, compute) -> np.ndarray:
+    def embed_audio(self, clips: Sequence[bytes]) -> np.ndarray:
+        return self._embed(list(clips), clips, "audio")
+
+    def _embed(self, contents: list[bytes], items: Sequence, modality: str) -> np.ndarray:
+        cache = self._cache(modality)
         keys = [content_key(c) for c in contents]
         found: dict[str, np.ndarray] = {}
         missing: dict[str, int] = {}  # key -> index of its first occurrence
@@ -117,7 +136,7 @@ class CachedEmbedder:
         self.hits += len(found)
         self.misses += len(missing)
         if missing:
-            computed = compute([items[i] for i in missing.values()])
+            computed = embed_with(self.inner, modality, [items[i] for i in missing.values()])
             for key, vector in zip(missing, computed, strict=True):
                 cache.put(key, vector)
                 found[key] = vector

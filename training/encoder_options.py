@@ -21,10 +21,16 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
         "--vision-address", default=defaults.vision_address, help="Vision encoder target (grpc)."
     )
     group.add_argument(
+        "--audio-address", default=defaults.audio_address, help="Audio encoder target (grpc; audio heads)."
+    )
+    group.add_argument(
         "--text-model", default="", help="Text model (inprocess); empty: the packaged default."
     )
     group.add_argument(
         "--vision-model", default="", help="Vision model (inprocess); empty: the packaged default."
+    )
+    group.add_argument(
+        "--audio-model", default="", help="Audio model (inprocess); empty: the packaged YAMNet."
     )
     group.add_argument("--device", default="cpu", help="Device of the in-process encoders.")
     group.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="Embedding cache directory.")
@@ -33,7 +39,11 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
 
 def create_embedder(args: argparse.Namespace) -> Embedder:
     if args.encoders == "grpc":
-        inner: Embedder = GrpcEmbedder(args.text_address, args.vision_address)
+        inner: Embedder = GrpcEmbedder(
+            args.text_address, args.vision_address, audio_address=args.audio_address
+        )
     else:
-        inner = InProcessEmbedder(args.text_model, args.vision_model, device=args.device)
+        inner = InProcessEmbedder(
+            args.text_model, args.vision_model, device=args.device, audio_model=args.audio_model
+        )
     return inner if args.no_cache else CachedEmbedder(inner, args.cache_dir)

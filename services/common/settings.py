@@ -184,6 +184,10 @@ class FusionSettings(ServerSettings):
     vision_address: str = option(
         "localhost:50052", "Vision encoder target; dns:///name:port spreads calls over replicas."
     )
+    audio_address: str = option(
+        "localhost:50054",
+        "Audio encoder target (heads reading audio); empty: none, and such heads are refused.",
+    )
     heads_dir: str = option("heads", "Directory of trained heads (safetensors + manifest JSON).")
     heads_reload_interval_s: float = option(2.0, "How often the heads directory is rescanned.")
     max_head_weights_bytes: int = option(

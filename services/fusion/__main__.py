@@ -33,6 +33,7 @@ async def run(settings: FusionSettings) -> None:
         settings.heads_reload_interval_s,
         max_weights_bytes=settings.max_head_weights_bytes,
         metrics_registry=metrics.registry,
+        configured=clients.modalities,
     )
     await serve(settings, FusionService(settings, clients, registry), metrics, "fusion")
 

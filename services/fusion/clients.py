@@ -1,4 +1,4 @@
-"""Async clients of the text and vision encoders, as the fusion service calls them.
+"""Async clients of the encoders (text, vision, audio), as the fusion service calls them.
 
 Every call carries a deadline (the caller's remaining time, or the configured default) and the
 request id; a downstream failure is raised as ``UpstreamError`` with the downstream status code,
@@ -24,7 +24,15 @@ from typing import Any
 import grpc
 import numpy as np
 
-from mmserve.v1 import common_pb2, text_pb2, text_pb2_grpc, vision_pb2, vision_pb2_grpc
+from mmserve.v1 import (
+    audio_pb2,
+    audio_pb2_grpc,
+    common_pb2,
+    text_pb2,
+    text_pb2_grpc,
+    vision_pb2,
+    vision_pb2_grpc,
+)
 from services.common.backend import EncoderInfo
 from services.common.channels import ChannelSecurity, create_aio_channel
 from services.common.errors import NotReady, UpstreamError
@@ -63,7 +71,7 @@ InfoCall = Callable[[float], Awaitable[common_pb2.ModelInfo]]
 
 
 class EncoderClient:
-    """One encoder (text or vision) behind one channel, and the model it is known to serve."""
+    """One encoder (text, vision or audio) behind one channel, and the model it is known to serve."""
 
     def __init__(
         self, name: str, channel: grpc.aio.Channel, embed_call: EmbedCall, info_call: InfoCall
@@ -163,7 +171,9 @@ class EncoderClient:
 
 
 class EncoderClients:
-    """Both encoders; ``dns:///`` targets spread calls over replicas (see services.common.channels)."""
+    """The encoders, one client per encoded modality (``services.fusion.modalities``); ``dns:///``
+    targets spread calls over replicas (see services.common.channels). An encoder whose address
+    is empty (audio, where no audio service runs) has no client."""
 
     def __init__(self, settings: FusionSettings) -> None:
         security = ChannelSecurity(
@@ -172,12 +182,11 @@ class EncoderClients:
             settings.tls_client_key_file,
             settings.auth_token_file,
         )
-        text_channel = create_aio_channel(settings.text_address, security)
-        vision_channel = create_aio_channel(settings.vision_address, security)
-        text = text_pb2_grpc.TextEncoderServiceStub(text_channel)
-        vision = vision_pb2_grpc.VisionEncoderServiceStub(vision_channel)
         info_request = common_pb2.GetModelInfoRequest()
-        self.text = EncoderClient(
+        self.by_modality: dict[str, EncoderClient] = {}
+        text_channel = create_aio_channel(settings.text_address, security)
+        text = text_pb2_grpc.TextEncoderServiceStub(text_channel)
+        self.text = self.by_modality["text"] = EncoderClient(
             "text",
             text_channel,
             lambda texts, timeout, metadata: text.Embed(
@@ -185,7 +194,9 @@ class EncoderClients:
             ),
             lambda timeout: text.GetModelInfo(info_request, timeout=timeout, metadata=_metadata()),
         )
-        self.image = EncoderClient(
+        vision_channel = create_aio_channel(settings.vision_address, security)
+        vision = vision_pb2_grpc.VisionEncoderServiceStub(vision_channel)
+        self.image = self.by_modality["image"] = EncoderClient(
             "vision",
             vision_channel,
             lambda images, timeout, metadata: vision.Embed(
@@ -193,11 +204,30 @@ class EncoderClients:
             ),
             lambda timeout: vision.GetModelInfo(info_request, timeout=timeout, metadata=_metadata()),
         )
+        if settings.audio_address:
+            audio_channel = create_aio_channel(settings.audio_address, security)
+            audio = audio_pb2_grpc.AudioEncoderServiceStub(audio_channel)
+            self.by_modality["audio"] = EncoderClient(
+                "audio",
+                audio_channel,
+                lambda clips, timeout, metadata: audio.Embed(
+                    audio_pb2.EmbedAudioRequest(clips=clips), timeout=timeout, metadata=metadata
+                ),
+                lambda timeout: audio.GetModelInfo(info_request, timeout=timeout, metadata=_metadata()),
+            )
         self._default_deadline_s = settings.default_deadline_s
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The encoded modalities this service has an encoder for."""
+        return tuple(self.by_modality)
 
     def deadline(self, remaining_s: float | None) -> float:
         """The absolute deadline of downstream calls: the caller's, or the configured default."""
         return time.monotonic() + (remaining_s if remaining_s is not None else self._default_deadline_s)
+
+    async def embed(self, modality: str, items: Sequence[Any], deadline: float) -> Embeddings:
+        return await self.by_modality[modality].embed(items, deadline)
 
     async def embed_texts(self, texts: Sequence[str], deadline: float) -> Embeddings:
         return await self.text.embed(texts, deadline)
@@ -206,13 +236,13 @@ class EncoderClients:
         return await self.image.embed(images, deadline)
 
     async def refresh_infos(self) -> dict[str, EncoderInfo | None]:
-        """Re-reads both encoders' model info; an unreachable one keeps its last known info."""
-        text, image = await asyncio.gather(self.text.refresh(), self.image.refresh())
-        return {"text": text, "image": image}
+        """Re-reads every encoder's model info; an unreachable one keeps its last known info."""
+        infos = await asyncio.gather(*(client.refresh() for client in self.by_modality.values()))
+        return dict(zip(self.by_modality, infos, strict=True))
 
     def start(self) -> None:
-        self.text.start()
-        self.image.start()
+        for client in self.by_modality.values():
+            client.start()
 
     async def close(self) -> None:
-        await asyncio.gather(self.text.close(), self.image.close())
+        await asyncio.gather(*(client.close() for client in self.by_modality.values()))

@@ -4,12 +4,12 @@ A head is a directory ``<heads_dir>/<name>/`` holding ``head.safetensors`` (the 
 dict; never pickle) and ``manifest.json`` (schema and format versions: ``services.fusion.manifest``).
 The manifest's name must equal the directory's name (one name per head, no aliases).
 
-Inputs to ``Head.embed`` / ``Head.predict`` / ``Head.predict_proba``: ``text`` is a float array
-[N, input_dims.text] or None, ``image`` is [N, input_dims.image] or None; at least one is given,
-with the same N. Mixed batches pass masks, bool arrays [N] where True means "this row has that
-modality":
+Inputs to ``Head.embed`` / ``Head.predict`` / ``Head.predict_proba``: per modality of the head
+(``manifest.inputs``), a float array [N, input_dims[modality]] or None (``inputs``; ``text`` and
+``image`` are shorthand); at least one is given, with the same N. Mixed batches pass masks
+(``masks``), bool arrays [N] where True means "this row has that modality":
 
-- ``text=None`` means no row has text (``text_mask``, if given, must be all False).
+- A modality left out means no row has it (its mask, if given, must be all False).
 - A given array with no mask means every row has that modality.
 - Values in rows whose mask is False are ignored (pass zeros there).
 - Every row needs at least one modality; otherwise ``InvalidInput``.
@@ -41,10 +41,10 @@ from safetensors.torch import save as save_safetensors
 from services.common.backend import EncoderInfo
 from services.common.errors import FailedPrecondition, InvalidInput
 from services.fusion.attention import AttentionFusion
+from services.fusion.features import FeatureSchema
 from services.fusion.manifest import (
     FORMAT_VERSION,
     MAX_MANIFEST_BYTES,
-    MODALITIES,
     TASKS,
     EncoderRef,
     HeadLoadError,
@@ -52,18 +52,20 @@ from services.fusion.manifest import (
     HeadTooLarge,
     parse_manifest,
 )
+from services.fusion.modalities import FEATURES, MODALITIES, TEXT_IMAGE, joined, ordered
 from services.fusion.outputs import CLASSIFICATION, Outputs, OutputSpec, split_outputs, task_of
 from services.fusion.strategies import (
     ALIGNMENT_STRATEGY,
     AlignmentHead,
     FusionModel,
-    build_model,
+    build_head_module,
 )
 
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_FILE",
     "MODALITIES",
+    "FeatureSchema",
     "TASKS",
     "WEIGHTS_FILE",
     "EncoderRef",
@@ -73,6 +75,7 @@ __all__ = [
     "HeadTooLarge",
     "IncompatibleHead",
     "check_compatible",
+    "check_encoders",
     "load_head",
     "parse_manifest",
     "save_head",
@@ -102,11 +105,12 @@ def _as_input(array: np.ndarray | None, dim: int, modality: str) -> np.ndarray |
     if array is None:
         return None
     array = np.asarray(array)
+    what = "values" if modality == FEATURES else "embeddings"
     if array.ndim != 2 or array.shape[1] != dim:
-        raise InvalidInput(f"{modality} embeddings must have shape [N, {dim}], got {list(array.shape)}")
+        raise InvalidInput(f"{modality} {what} must have shape [N, {dim}], got {list(array.shape)}")
     if not np.issubdtype(array.dtype, np.floating):
-        raise InvalidInput(f"{modality} embeddings must be floating point, got {array.dtype}")
-    return array.astype(np.float32, copy=False)
+        raise InvalidInput(f"{modality} {what} must be floating point, got {array.dtype}")
+    return array
 
 
 def _as_mask(mask: np.ndarray | Sequence[bool] | None, n: int, has_array: bool, modality: str) -> np.ndarray:
@@ -122,8 +126,36 @@ def _as_mask(mask: np.ndarray | Sequence[bool] | None, n: int, has_array: bool, 
     return mask
 
 
+def _gather(text, image, text_mask, image_mask, inputs, masks) -> tuple[dict, dict]:
+    """The generic ``inputs`` / ``masks`` dicts, with the text + image shorthand folded in."""
+    inputs, masks = dict(inputs or {}), dict(masks or {})
+    for modality, array, mask in (("text", text, text_mask), ("image", image, image_mask)):
+        if array is not None:
+            inputs[modality] = array
+        if mask is not None:
+            masks[modality] = mask
+    return inputs, masks
+
+
+def _present(args: tuple) -> dict[str, Sequence[bool]]:
+    """Per-modality presence: a dict, or the text + image shorthand ``(has_text, has_image)``."""
+    if len(args) == 1 and isinstance(args[0], Mapping):
+        return dict(args[0])
+    return dict(zip(TEXT_IMAGE, args, strict=True))
+
+
+def _none_of(names: Sequence[str]) -> str:
+    return f"neither {names[0]} nor {names[1]}" if len(names) == 2 else f"none of {joined(names)}"
+
+
 class Head:
-    """A loaded head: eval mode, CPU, inference only. Thread-safe (no state changes after load)."""
+    """A loaded head: eval mode, CPU, inference only. Thread-safe (no state changes after load).
+
+    Inputs go in as ``inputs`` (modality -> array [N, input_dims[modality]]) and ``masks``
+    (modality -> bool [N]); ``text``, ``image``, ``text_mask`` and ``image_mask`` are shorthand
+    for those two. ``features`` are given raw: the head standardises them with its training
+    statistics (``manifest.features``).
+    """
 
     def __init__(self, manifest: HeadManifest, module: FusionModel | AlignmentHead) -> None:
         self.manifest = manifest
@@ -154,71 +186,84 @@ class Head:
         """Whether ``predict(explain=True)`` has attention weights to return."""
         return isinstance(self._module, FusionModel) and isinstance(self._module.fusion, AttentionFusion)
 
-    def modalities_used(self, has_text: Sequence[bool], has_image: Sequence[bool]) -> list[tuple[str, ...]]:
-        """Per row, the modalities this head reads that the row carries (what its answer rests on)."""
-        wanted = self.manifest.modalities
-        return [
-            tuple(m for m, present in (("text", t), ("image", i)) if present and m in wanted)
-            for t, i in zip(has_text, has_image, strict=True)
-        ]
+    @property
+    def attention_keys(self) -> tuple[str, ...]:
+        """What ``Outputs.attention``'s columns are: [CLS], then each modality the head fuses."""
+        return ("cls", *self.manifest.modalities)
 
-    def check_modalities(self, has_text: Sequence[bool], has_image: Sequence[bool]) -> None:
+    def modalities_used(self, *present) -> list[tuple[str, ...]]:
+        """Per row, the modalities this head reads that the row carries (what its answer rests on).
+
+        ``present``: modality -> [N] bools (or ``has_text, has_image``)."""
+        present = _present(present)
+        wanted = [m for m in self.manifest.modalities if m in present]
+        rows = len(next(iter(present.values()))) if present else 0
+        return [tuple(m for m in wanted if present[m][row]) for row in range(rows)]
+
+    def check_modalities(self, *present) -> None:
         """Refuses (InvalidInput) rows that lack a modality this head reads, unless its policy allows it.
 
         Rows lacking every modality the head reads are refused under either policy: nothing
-        would be left to answer from.
+        would be left to answer from. ``present``: modality -> [N] bools (or ``has_text, has_image``).
         """
+        present = _present(present)
         wanted = self.manifest.modalities
-        for index, row in enumerate(zip(has_text, has_image, strict=True)):
-            present = dict(zip(("text", "image"), row, strict=True))
-            missing = [m for m in wanted if not present[m]]
+        rows = len(next(iter(present.values()))) if present else 0
+        for index in range(rows):
+            missing = [m for m in wanted if not (m in present and present[m][index])]
             if not missing:
                 continue
             if len(missing) == len(wanted):
                 raise InvalidInput(
-                    f"inputs[{index}] has no {' and no '.join(missing)}: head {self.name!r} reads "
-                    f"{' and '.join(wanted)}"
+                    f"inputs[{index}] has no {' and no '.join(missing)}: head {self.name!r} reads {joined(wanted)}"
                 )
             if self.manifest.missing_modality_policy == "refuse":
                 raise InvalidInput(
-                    f"inputs[{index}] has no {missing[0]}: head {self.name!r} needs "
-                    f"{' and '.join(wanted)} (it never saw a row without {missing[0]} in training; "
-                    f"missing-modality policy 'refuse')"
+                    f"inputs[{index}] has no {missing[0]}: head {self.name!r} needs {joined(wanted)} (it never "
+                    f"saw a row without {missing[0]} in training; missing-modality policy 'refuse')"
                 )
 
-    def _prepare(self, text, image, text_mask, image_mask):
-        dims = self.manifest.input_dims
-        text = _as_input(text, dims["text"], "text")
-        image = _as_input(image, dims["image"], "image")
-        if text is None and image is None:
-            raise InvalidInput("give text or image embeddings (or both)")
-        n = (text if text is not None else image).shape[0]
-        if text is not None and image is not None and image.shape[0] != n:
-            raise InvalidInput(f"text has {n} rows but image has {image.shape[0]}")
-        t_mask = _as_mask(text_mask, n, text is not None, "text")
-        i_mask = _as_mask(image_mask, n, image is not None, "image")
-        empty = np.flatnonzero(~(t_mask | i_mask))
+    def _prepare(self, inputs: Mapping, masks: Mapping) -> tuple[dict, dict]:
+        dims, names = self.manifest.input_dims, self.manifest.inputs
+        unknown = sorted((set(inputs) | set(masks)) - set(names))
+        if unknown:
+            raise InvalidInput(f"head {self.name!r} reads {joined(names)}, not {', '.join(unknown)}")
+        arrays = {m: _as_input(inputs.get(m), dims[m], m) for m in names}
+        given = [m for m in names if arrays[m] is not None]
+        if not given:
+            raise InvalidInput(f"give {' or '.join(names)} embeddings (any of them)")
+        n = arrays[given[0]].shape[0]
+        for m in given[1:]:
+            if arrays[m].shape[0] != n:
+                raise InvalidInput(f"{given[0]} has {n} rows but {m} has {arrays[m].shape[0]}")
+        row_masks = {m: _as_mask(masks.get(m), n, arrays[m] is not None, m) for m in names}
+        empty = np.flatnonzero(~np.any(np.stack(list(row_masks.values())), axis=0))
         if empty.size:
-            raise InvalidInput(f"rows {empty[:10].tolist()} have neither text nor image")
-        # Absent rows may hold anything (NaN included); only present rows must be finite.
-        text = np.zeros((n, dims["text"]), np.float32) if text is None else np.where(t_mask[:, None], text, 0)
-        image = (
-            np.zeros((n, dims["image"]), np.float32) if image is None else np.where(i_mask[:, None], image, 0)
-        )
-        if not (np.isfinite(text).all() and np.isfinite(image).all()):
-            raise InvalidInput("embeddings contain NaN or infinity")
-        return (
-            torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32)),
-            torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-            torch.from_numpy(t_mask),
-            torch.from_numpy(i_mask),
-        )
+            raise InvalidInput(f"rows {empty[:10].tolist()} have {_none_of(names)}")
+        tensors = {}
+        for m in names:
+            array = arrays[m]
+            if array is None:
+                array = np.zeros((n, dims[m]), np.float32)
+            else:
+                # Absent rows may hold anything (NaN included); only present rows must be finite.
+                array = np.where(row_masks[m][:, None], array, 0)
+                if not np.isfinite(array).all():
+                    raise InvalidInput(
+                        f"{m} {'values' if m == FEATURES else 'embeddings'} contain NaN or infinity"
+                    )
+                if m == FEATURES:
+                    array = np.where(row_masks[m][:, None], self.manifest.features.standardise(array), 0)
+            tensors[m] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        return tensors, {m: torch.from_numpy(mask) for m, mask in row_masks.items()}
 
-    def embed(self, text=None, image=None, text_mask=None, image_mask=None) -> np.ndarray:
-        """Fused embeddings [N, fused_dim] float32 (see the module docstring for inputs and masks)."""
-        inputs = self._prepare(text, image, text_mask, image_mask)
+    def embed(
+        self, text=None, image=None, text_mask=None, image_mask=None, *, inputs=None, masks=None
+    ) -> np.ndarray:
+        """Fused embeddings [N, fused_dim] float32 (see the class docstring for inputs and masks)."""
+        prepared = self._prepare(*_gather(text, image, text_mask, image_mask, inputs, masks))
         with torch.inference_mode():
-            return self._module.embed(*inputs).numpy()
+            return self._module.embed(*prepared).numpy()
 
     def _decision(self) -> FusionModel:
         if not isinstance(self._module, FusionModel):
@@ -226,11 +271,20 @@ class Head:
         return self._module
 
     def predict(
-        self, text=None, image=None, text_mask=None, image_mask=None, explain: bool = False
+        self,
+        text=None,
+        image=None,
+        text_mask=None,
+        image_mask=None,
+        explain: bool = False,
+        *,
+        inputs=None,
+        masks=None,
     ) -> Outputs:
         """Every output's answer for N rows: class probabilities (calibrated) and values (in target units).
 
-        ``explain`` adds the attention heads' [CLS] attention weights [N, 3] (cls, text, image).
+        ``explain`` adds the attention heads' [CLS] attention weights [N, 1 + M]
+        (``attention_keys``: cls, then each modality).
         """
         module = self._decision()
         if explain and not self.can_explain:
@@ -238,28 +292,28 @@ class Head:
                 f"head {self.name!r} ({self.manifest.strategy}) has no attention weights; "
                 "explain needs an attention head"
             )
-        inputs = self._prepare(text, image, text_mask, image_mask)
+        tensors, row_masks = self._prepare(*_gather(text, image, text_mask, image_mask, inputs, masks))
         with torch.inference_mode():
-            raw = module(*inputs).double().numpy()
+            raw = module(tensors, row_masks).double().numpy()
             # Temperatures by missing modality apply to the modalities this head reads.
             reads = self.manifest.modalities
-            masks = {
-                m: inputs[2 + i].numpy() if m in reads else None for i, m in enumerate(("text", "image"))
-            }
-            outputs = split_outputs(raw, self.outputs, masks["text"], masks["image"])
+            outputs = split_outputs(raw, self.outputs, {m: row_masks[m].numpy() for m in reads})
             if explain:
-                weights = module.fusion.attention_weights(*inputs).numpy()
+                weights = module.fusion.attention_weights(tensors, row_masks).numpy()
                 outputs = Outputs(outputs.probabilities, outputs.values, weights)
         return outputs
 
-    def predict_proba(self, text=None, image=None, text_mask=None, image_mask=None) -> np.ndarray:
+    def predict_proba(
+        self, text=None, image=None, text_mask=None, image_mask=None, *, inputs=None, masks=None
+    ) -> np.ndarray:
         """Class probabilities [N, len(labels)] float32 of a classification head, in ``labels`` order."""
         self._decision()
         if self.task != CLASSIFICATION:
             raise FailedPrecondition(
                 f"head {self.name!r} is a {self.task} head; read its outputs with predict()"
             )
-        return self.predict(text, image, text_mask, image_mask).probabilities[self.outputs[0].name]
+        outputs = self.predict(text, image, text_mask, image_mask, inputs=inputs, masks=masks)
+        return outputs.probabilities[self.outputs[0].name]
 
     def _alignment(self) -> AlignmentHead:
         if not isinstance(self._module, AlignmentHead):
@@ -269,7 +323,7 @@ class Head:
     def project_text(self, text: np.ndarray) -> np.ndarray:
         """Text embeddings [N, Dt] -> L2-normalised shared-space vectors [N, fused_dim]."""
         module = self._alignment()
-        text = _as_input(text, self.manifest.input_dims["text"], "text")
+        text = _as_input(text, self.manifest.input_dims["text"], "text").astype(np.float32, copy=False)
         if not np.isfinite(text).all():
             raise InvalidInput("text embeddings contain NaN or infinity")
         with torch.inference_mode():
@@ -278,7 +332,7 @@ class Head:
     def project_image(self, image: np.ndarray) -> np.ndarray:
         """Image embeddings [N, Di] -> L2-normalised shared-space vectors [N, fused_dim]."""
         module = self._alignment()
-        image = _as_input(image, self.manifest.input_dims["image"], "image")
+        image = _as_input(image, self.manifest.input_dims["image"], "image").astype(np.float32, copy=False)
         if not np.isfinite(image).all():
             raise InvalidInput("image embeddings contain NaN or infinity")
         with torch.inference_mode():
@@ -295,10 +349,9 @@ class Head:
 
 def _build(manifest: HeadManifest, where: str) -> FusionModel | AlignmentHead:
     try:
-        return build_model(
+        return build_head_module(
             manifest.strategy,
-            manifest.input_dims["text"],
-            manifest.input_dims["image"],
+            {m: manifest.input_dims[m] for m in manifest.inputs},
             dict(manifest.config),
             num_outputs=manifest.num_outputs,
         )
@@ -402,8 +455,12 @@ def save_head(
     missing_modality_policy: str = "allow",
     fusion_weights: Mapping[str, float] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    features: FeatureSchema | None = None,
 ) -> HeadManifest:
     """Writes ``module``'s weights and a manifest into ``directory`` (whose name is the head's name).
+
+    The head's modalities are the keys of ``input_dims`` (``encoders`` names the encoder of each
+    but features; a head reading features gives their ``features`` schema).
 
     A classification head may give just ``labels`` (one output named ``label``); others give
     ``outputs``. The weights are written before the manifest, so a scanner that sees a manifest
@@ -425,6 +482,7 @@ def save_head(
         "strategy": strategy,
         "outputs": [output.to_json() for output in outputs],
         "missing_modality_policy": missing_modality_policy,
+        "modalities": list(ordered(input_dims)),
         "input_dims": dict(input_dims),
         "config": dict(config),
         "encoders": {m: {"model_id": r.model_id, "revision": r.revision} for m, r in refs.items()},
@@ -434,6 +492,8 @@ def save_head(
     }
     if fusion_weights:
         manifest_data["fusion_weights"] = dict(fusion_weights)
+    if features is not None:
+        manifest_data["features"] = features.to_json()
     manifest = parse_manifest(manifest_data, repr(directory.name))
     directory.mkdir(parents=True, exist_ok=True)
     _write_atomic(directory / WEIGHTS_FILE, blob)
@@ -467,19 +527,17 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------- encoder compatibility
 
 
-def check_compatible(
-    manifest: HeadManifest, text_info: EncoderInfo | None, image_info: EncoderInfo | None
-) -> None:
+def check_encoders(manifest: HeadManifest, infos: Mapping[str, EncoderInfo | None]) -> None:
     """Refuses a head whose training encoders differ from the serving ones (IncompatibleHead).
 
-    Only the modalities the head reads are checked. A revision is compared when both sides
-    record one; ``None`` for an encoder the head needs means it is not being served.
+    Only the encoded modalities the head reads are checked (features need no encoder). A
+    revision is compared when both sides record one; ``None`` (or no entry) for an encoder the
+    head needs means it is not being served.
     """
-    serving = {"text": text_info, "image": image_info}
-    for modality in manifest.modalities:
+    for modality in manifest.encoded_modalities:
         trained = manifest.encoders[modality]
         trained_dim = manifest.input_dims[modality]
-        info = serving[modality]
+        info = infos.get(modality)
         if info is None:
             raise IncompatibleHead(
                 f"head {manifest.name!r} needs a {modality} encoder ({trained.model_id}) but none is serving"
@@ -491,6 +549,13 @@ def check_compatible(
                 f"head {manifest.name!r} was trained on {modality} encoder {_describe(trained.model_id, trained.revision)} "
                 f"(dim {trained_dim}) but {_describe(info.model_id, info.revision)} (dim {info.embedding_dim}) is serving"
             )
+
+
+def check_compatible(
+    manifest: HeadManifest, text_info: EncoderInfo | None, image_info: EncoderInfo | None
+) -> None:
+    """``check_encoders`` with the text and image encoders only."""
+    check_encoders(manifest, {"text": text_info, "image": image_info})
 
 
 def _describe(model_id: str, revision: str) -> str:

@@ -1,23 +1,27 @@
-"""A head's ``manifest.json``: its schema in two format versions, parsed and validated.
+"""A head's ``manifest.json``: its schema in three format versions, parsed and validated.
 
-Format 2 (written since regression and multi-task heads)::
+Format 3 (written since heads read any set of modalities)::
 
-    {"format_version": 2, "name": "order", "task": "classification" | "regression" | "multitask" | "alignment",
-     "strategy": "weighted_sum" | "concat_mlp" | "gated" | "attention" | "text_only" | "image_only" | "alignment",
+    {"format_version": 3, "name": "order", "task": "classification" | "regression" | "multitask" | "alignment",
+     "strategy": "weighted_sum" | "concat_mlp" | "gated" | "attention" | "<modality>_only" | "alignment",
+     "modalities": ["text", "audio", "features"],          # the head's inputs, in fusion order
      "outputs": [{"name": "variant", "kind": "classification", "labels": [...], "temperature": 1.3},
                  {"name": "total", "kind": "regression", "mean": 10.5, "std": 6.1}],   # [] for alignment
      "missing_modality_policy": "allow" | "refuse",
-     "fusion_weights": {"text": 0.45, "image": 0.55},      # weighted_sum heads: the learned weights
-     "input_dims": {"text": 384, "image": 1280},
+     "fusion_weights": {"text": 0.4, "audio": 0.3, "features": 0.3},  # weighted_sum: learned weights
+     "input_dims": {"text": 384, "audio": 1024, "features": 3},        # one per modality
+     "features": {"names": [...], "mean": [...], "std": [...]},        # heads reading features
      "config": {"fused_dim": 256, "hidden_dim": 256, "dropout": 0.1, ...strategy-specific},
-     "encoders": {"text": {"model_id": "...", "revision": "..."}, "image": {...}},
+     "encoders": {"text": {"model_id": "...", "revision": "..."}, "audio": {...}},  # encoded ones
      "metrics": {...}, "weights_sha256": "<hex of head.safetensors>", "created_at": "<ISO 8601>"}
 
-``task`` must be what ``outputs`` make it (``services.fusion.outputs.task_of``). Format 1 (the
-first format: classification or alignment only) has ``"labels"`` instead of ``outputs``; it is
-read as one classification output named ``label`` with temperature 1, missing-modality policy
-``allow`` (how format 1 heads were always served) and, for weighted_sum, ``branch_norm: 0``,
-so a format 1 head computes exactly what it did when it was trained.
+``task`` must be what ``outputs`` make it (``services.fusion.outputs.task_of``). Formats 1 and 2
+predate ``modalities``: every such head has text and image inputs (``input_dims`` and
+``encoders`` of both). Format 2 is format 3 without ``modalities`` and ``features``. Format 1
+(the first format: classification or alignment only) has ``"labels"`` instead of ``outputs``;
+it is read as one classification output named ``label`` with temperature 1, missing-modality
+policy ``allow`` (how format 1 heads were always served) and, for weighted_sum,
+``branch_norm: 0``, so a format 1 head computes exactly what it did when it was trained.
 
 A manifest is untrusted input (anyone who can write the heads directory writes it): its size,
 nesting and every number that sizes a tensor are bounded here, before anything is allocated.
@@ -33,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import FailedPrecondition, MmserveError
+from services.fusion.features import FeatureSchema, parse_schema
+from services.fusion.modalities import FEATURES, TEXT_IMAGE, encoded, ordered
 from services.fusion.outputs import (
     CLASSIFICATION,
     DEFAULT_CLASSIFICATION_OUTPUT,
@@ -44,13 +50,13 @@ from services.fusion.strategies import (
     ALIGNMENT_STRATEGY,
     DECISION_STRATEGIES,
     INTEGER_CONFIG_KEYS,
-    STRATEGY_MODALITIES,
+    SINGLE_STRATEGIES,
     resolve_config,
+    strategy_modalities,
 )
 
-FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
-MODALITIES = ("text", "image")
+FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 TASKS = ("classification", "regression", "multitask", "alignment")
 POLICIES = ("allow", "refuse")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -106,11 +112,18 @@ class HeadManifest:
     created_at: str
     missing_modality_policy: str = "allow"
     fusion_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    inputs: tuple[str, ...] = TEXT_IMAGE  # the head's input modalities, in fusion order
+    features: FeatureSchema | None = None  # heads with a features input
 
     @property
     def modalities(self) -> tuple[str, ...]:
         """The modalities this head reads (a text_only baseline needs no image encoder)."""
-        return STRATEGY_MODALITIES[self.strategy]
+        return strategy_modalities(self.strategy, self.inputs)
+
+    @property
+    def encoded_modalities(self) -> tuple[str, ...]:
+        """The modalities this head reads that an encoder must embed (all but features)."""
+        return encoded(self.modalities)
 
     @property
     def fused_dim(self) -> int:
@@ -127,12 +140,13 @@ class HeadManifest:
         return sum(output.width for output in self.outputs)
 
     def to_json(self) -> dict[str, Any]:
-        """The manifest in the current format (a format 1 head is written back as format 2)."""
+        """The manifest in the current format (an older head is written back as format 3)."""
         data: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "task": self.task,
             "strategy": self.strategy,
+            "modalities": list(self.inputs),
             "outputs": [output.to_json() for output in self.outputs],
             "missing_modality_policy": self.missing_modality_policy,
             "input_dims": dict(self.input_dims),
@@ -144,6 +158,8 @@ class HeadManifest:
         }
         if self.fusion_weights:
             data["fusion_weights"] = dict(self.fusion_weights)
+        if self.features is not None:
+            data["features"] = self.features.to_json()
         return data
 
 
@@ -249,10 +265,10 @@ def _config(data: Mapping[str, Any], strategy: str, version: int, where: str) ->
     return config
 
 
-def _fusion_weights(data: Mapping[str, Any], where: str) -> dict[str, float]:
+def _fusion_weights(data: Mapping[str, Any], inputs: tuple[str, ...], where: str) -> dict[str, float]:
     weights = data.get("fusion_weights", {})
-    if not isinstance(weights, dict) or set(weights) - set(MODALITIES):
-        raise _fail(where, "fusion_weights must map text and/or image to numbers")
+    if not isinstance(weights, dict) or set(weights) - set(inputs):
+        raise _fail(where, f"fusion_weights must map the head's modalities ({', '.join(inputs)}) to numbers")
     for modality, value in weights.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
             raise _fail(where, f"fusion_weights.{modality} must be a number in [0, 1], got {value!r}")
@@ -286,9 +302,19 @@ def parse_manifest(data: Any, where: str = "<memory>") -> HeadManifest:
     if policy not in POLICIES:
         raise _fail(where, f"missing_modality_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
 
+    inputs = _inputs(data, version, strategy, where)
     raw_dims = _require(data, "input_dims", dict, where)
+    if version >= 3 and set(raw_dims) - set(inputs):
+        extra = sorted(set(raw_dims) - set(inputs))
+        raise _fail(where, f"input_dims has {extra}, which the head's modalities {list(inputs)} lack")
+    for index, output in enumerate(outputs):
+        if set(output.missing_temperatures) - set(inputs):
+            raise _fail(
+                where,
+                f"outputs[{index}].missing_temperatures must map the head's modalities ({', '.join(inputs)})",
+            )
     input_dims: dict[str, int] = {}
-    for modality in MODALITIES:
+    for modality in inputs:
         dim = _require(raw_dims, modality, int, f"{where} input_dims")
         if dim <= 0:
             raise _fail(where, f"input_dims.{modality} must be positive, got {dim}")
@@ -301,7 +327,7 @@ def parse_manifest(data: Any, where: str = "<memory>") -> HeadManifest:
 
     raw_encoders = _require(data, "encoders", dict, where)
     encoders: dict[str, EncoderRef] = {}
-    for modality in MODALITIES:
+    for modality in encoded(inputs):
         ref = _require(raw_encoders, modality, dict, f"{where} encoders")
         encoders[modality] = EncoderRef(
             model_id=_require(ref, "model_id", str, f"{where} encoders.{modality}"),
@@ -315,6 +341,12 @@ def parse_manifest(data: Any, where: str = "<memory>") -> HeadManifest:
     if not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise _fail(where, "weights_sha256 must be 64 lower-case hex digits")
     created_at = _require(data, "created_at", str, where)
+    features = None
+    if FEATURES in inputs:
+        try:
+            features = parse_schema(_require(data, "features", dict, where), input_dims[FEATURES])
+        except ValueError as exc:
+            raise _fail(where, str(exc)) from None
 
     return HeadManifest(
         format_version=version,
@@ -329,5 +361,30 @@ def parse_manifest(data: Any, where: str = "<memory>") -> HeadManifest:
         weights_sha256=sha,
         created_at=created_at,
         missing_modality_policy=policy,
-        fusion_weights=_fusion_weights(data, where),
+        fusion_weights=_fusion_weights(data, inputs, where),
+        inputs=inputs,
+        features=features,
     )
+
+
+def _inputs(data: Mapping[str, Any], version: int, strategy: str, where: str) -> tuple[str, ...]:
+    """The head's input modalities: text and image before format 3, else its ``modalities``."""
+    if version < 3:
+        return TEXT_IMAGE
+    raw = _require(data, "modalities", list, where)
+    if not raw or not all(isinstance(m, str) for m in raw):
+        raise _fail(where, "modalities must be a non-empty list of modality names")
+    try:
+        inputs = ordered(raw)
+    except ValueError as exc:
+        raise _fail(where, str(exc)) from None
+    if list(inputs) != raw:
+        raise _fail(where, f"modalities must be listed in fusion order: {list(inputs)}")
+    if strategy == ALIGNMENT_STRATEGY and inputs != TEXT_IMAGE:
+        raise _fail(where, "an alignment head reads text and image")
+    single = SINGLE_STRATEGIES.get(strategy)
+    if single is not None and single not in inputs:
+        raise _fail(where, f"strategy {strategy!r} reads {single}, which modalities {list(inputs)} lack")
+    if single is None and strategy != ALIGNMENT_STRATEGY and len(inputs) < 2:
+        raise _fail(where, f"strategy {strategy!r} fuses several modalities; modalities lists {list(inputs)}")
+    return inputs

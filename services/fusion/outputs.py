@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from services.fusion.modalities import NAMES as MODALITY_NAMES
+
 CLASSIFICATION, REGRESSION = "classification", "regression"
 OUTPUT_KINDS = (CLASSIFICATION, REGRESSION)
 OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -92,8 +94,10 @@ def parse_output(data: Any, index: int) -> OutputSpec:
         if temperature <= 0:
             raise ValueError(f"{where}.temperature must be positive, got {temperature}")
         missing = data.get("missing_temperatures", {})
-        if not isinstance(missing, dict) or set(missing) - {"text", "image"}:
-            raise ValueError(f"{where}.missing_temperatures must map text and/or image to temperatures")
+        if not isinstance(missing, dict) or set(missing) - set(MODALITY_NAMES):
+            raise ValueError(
+                f"{where}.missing_temperatures must map modalities ({', '.join(MODALITY_NAMES)}) to temperatures"
+            )
         for modality, value in missing.items():
             if _number(value, f"{where}.missing_temperatures.{modality}") <= 0:
                 raise ValueError(f"{where}.missing_temperatures.{modality} must be positive, got {value}")
@@ -123,7 +127,7 @@ class Outputs:
 
     probabilities: Mapping[str, np.ndarray] = field(default_factory=dict)  # [N, len(labels)] float32
     values: Mapping[str, np.ndarray] = field(default_factory=dict)  # [N] float64, in target units
-    attention: np.ndarray | None = None  # [N, 3]: cls, text, image (explain; attention heads only)
+    attention: np.ndarray | None = None  # [N, 1 + M]: cls, then each modality (explain; attention heads)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -133,26 +137,30 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def row_temperatures(
-    spec: OutputSpec, n: int, text_mask: np.ndarray | None = None, image_mask: np.ndarray | None = None
+    spec: OutputSpec, n: int, masks: Mapping[str, np.ndarray | None] | None = None
 ) -> np.ndarray:
-    """[N, 1] temperature of each row: by which modality (if any) it lacks."""
+    """[N, 1] temperature of each row: by which modality (if any) it lacks. A row lacking several
+    takes the highest of their temperatures (the least confident answer; a text + image head
+    never answers a row lacking both)."""
     temperature = np.full((n, 1), spec.temperature)
-    for modality, mask in (("text", text_mask), ("image", image_mask)):
-        if mask is not None and modality in spec.missing_temperatures:
-            temperature[~np.asarray(mask, dtype=bool)] = spec.missing_temperatures[modality]
+    chosen = np.zeros((n, 1), dtype=bool)
+    for modality, mask in (masks or {}).items():
+        if mask is None or modality not in spec.missing_temperatures:
+            continue
+        lacking = ~np.asarray(mask, dtype=bool)[:, None]
+        value = spec.missing_temperatures[modality]
+        temperature = np.where(lacking & (~chosen | (temperature < value)), value, temperature)
+        chosen |= lacking
     return temperature
 
 
 def split_outputs(
-    raw: np.ndarray,
-    specs: Sequence[OutputSpec],
-    text_mask: np.ndarray | None = None,
-    image_mask: np.ndarray | None = None,
+    raw: np.ndarray, specs: Sequence[OutputSpec], masks: Mapping[str, np.ndarray | None] | None = None
 ) -> Outputs:
     """Raw decision-layer columns [N, sum of widths] -> probabilities and values per output.
 
-    The masks (True: the row has it) pick each row's temperature; without them every row is
-    treated as having all its modalities.
+    The masks (modality -> [N] bool, True: the row has it) pick each row's temperature; without
+    them every row is treated as having all its modalities.
     """
     probabilities, values = {}, {}
     start = 0
@@ -160,7 +168,7 @@ def split_outputs(
         block = raw[:, start : start + spec.width]
         start += spec.width
         if spec.kind == CLASSIFICATION:
-            temperature = row_temperatures(spec, len(raw), text_mask, image_mask)
+            temperature = row_temperatures(spec, len(raw), masks)
             probabilities[spec.name] = softmax(block.astype(np.float64) / temperature).astype(np.float32)
         else:
             values[spec.name] = block[:, 0].astype(np.float64) * spec.std + spec.mean

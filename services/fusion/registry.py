@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,15 +30,15 @@ from services.common.errors import FailedPrecondition, MmserveError, NotFound
 from services.common.settings import FusionSettings
 from services.fusion.heads import (
     MANIFEST_FILE,
-    MODALITIES,
     WEIGHTS_FILE,
     Head,
     HeadLoadError,
     HeadManifest,
     IncompatibleHead,
-    check_compatible,
+    check_encoders,
     load_head,
 )
+from services.fusion.modalities import ENCODED, MODALITIES
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,13 +83,23 @@ def rejections_counter(registry: CollectorRegistry) -> Counter:
     )
 
 
-def check_head(manifest: HeadManifest, infos: Mapping[str, EncoderInfo | None]) -> None:
-    """Raises IncompatibleHead if a known encoder differs from the head's; unknown ones pass."""
+def check_head(
+    manifest: HeadManifest, infos: Mapping[str, EncoderInfo | None], configured: Collection[str] = ENCODED
+) -> None:
+    """Raises IncompatibleHead if a known encoder differs from the head's, or if the head reads a
+    modality whose encoder this service has no address for; encoders not reached yet pass."""
+    for modality in manifest.encoded_modalities:
+        if modality not in configured:
+            encoder = MODALITIES[modality].encoder
+            raise IncompatibleHead(
+                f"head {manifest.name!r} reads {modality}, but this fusion service has no {encoder} encoder "
+                f"(its {encoder}_address setting is empty)"
+            )
     trained = {
         m: EncoderInfo(manifest.encoders[m].model_id, manifest.encoders[m].revision, manifest.input_dims[m])
-        for m in MODALITIES
+        for m in manifest.encoded_modalities
     }
-    check_compatible(manifest, infos.get("text") or trained["text"], infos.get("image") or trained["image"])
+    check_encoders(manifest, {m: infos.get(m) or trained[m] for m in trained})
 
 
 @dataclass(frozen=True)
@@ -108,8 +118,10 @@ class HeadRegistry:
         interval_s: float,
         max_weights_bytes: int = FusionSettings.max_head_weights_bytes,
         metrics_registry: CollectorRegistry | None = None,
+        configured: Collection[str] = ENCODED,
     ) -> None:
         self._dir = heads_dir
+        self._configured = tuple(configured)  # modalities whose encoder has an address
         self._refresh_infos = refresh_infos
         self._interval_s = interval_s
         self._max_weights_bytes = max_weights_bytes
@@ -118,7 +130,7 @@ class HeadRegistry:
         self._unloadable: dict[str, tuple[Stamp, str]] = {}  # why; kept until the files change
         self._refused: dict[str, str] = {}  # loaded, but incompatible with the serving encoders
         self._served: dict[str, Head] = {}
-        self._infos: Mapping[str, EncoderInfo | None] = {"text": None, "image": None}
+        self._infos: Mapping[str, EncoderInfo | None] = dict.fromkeys(ENCODED)
         self._dir_missing = False
         self._task: asyncio.Task | None = None
 
@@ -139,7 +151,7 @@ class HeadRegistry:
 
     def check(self, head: Head, infos: Mapping[str, EncoderInfo]) -> None:
         """Refuses (IncompatibleHead) to run ``head`` on embeddings from the encoder models ``infos``."""
-        check_head(head.manifest, infos)
+        check_head(head.manifest, infos, self._configured)
 
     async def start(self) -> None:
         await self._scan_logged()  # a failing first scan must not stop the service: the watcher retries
@@ -227,7 +239,7 @@ class HeadRegistry:
         refused: dict[str, str] = {}
         for name, loaded in self._loaded.items():
             try:
-                check_head(loaded.head.manifest, self._infos)
+                check_head(loaded.head.manifest, self._infos, self._configured)
             except MmserveError as error:
                 refused[name] = str(error)
                 if self._refused.get(name) != refused[name]:

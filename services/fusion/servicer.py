@@ -1,8 +1,10 @@
 """FusionService over gRPC: calls the encoders in parallel and runs the trained heads.
 
 Only the modalities a request carries (and its head reads) are sent downstream, so text-only
-requests keep working while the vision encoder is down; when one encoder call fails, the other
-is cancelled and the failure's status code reaches the caller unchanged. Before a head runs,
+requests keep working while the vision encoder is down; when one encoder call fails, the others
+are cancelled and the failure's status code reaches the caller unchanged. Tabular features need
+no encoder: they are checked against the head's feature schema (every name, no other, finite
+numbers; INVALID_ARGUMENT naming the feature otherwise) and standardised by the head. Before a head runs,
 the models that produced the embeddings are checked against the head's manifest. Head math on
 more than a few rows runs on a worker thread, off the event loop.
 
@@ -14,6 +16,7 @@ is called), and every prediction lists the modalities it rests on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +28,13 @@ import numpy as np
 from mmserve.v1 import common_pb2, fusion_pb2, fusion_pb2_grpc
 from services.common.errors import FailedPrecondition, InvalidInput, NotReady
 from services.common.matrix import to_matrix
-from services.common.settings import FusionSettings, TextSettings
+from services.common.settings import AudioSettings, FusionSettings, TextSettings, VisionSettings
 from services.fusion.clients import Embeddings, EncoderClients
 from services.fusion.heads import Head
 from services.fusion.inference_protocol import SERVICE_NAME as INFERENCE_PROTOCOL
 from services.fusion.inference_protocol import InferenceProtocolService
+from services.fusion.modalities import FEATURES, encoded, joined
+from services.fusion.modalities import NAMES as MODALITY_NAMES
 from services.fusion.outputs import CLASSIFICATION, Outputs
 from services.fusion.registry import HeadRegistry
 from services.fusion.similarity import NATIVE_LOGIT_SCALE, cosine_matrix, native_space_reason, zero_shot
@@ -40,6 +45,14 @@ ZERO_SHOT_PROMPT = "a photo of a {}."
 # Texts per call to the text encoder: its own per-request limit (ModelInfo does not carry it), so
 # Similarity's texts plus up to max_candidate_labels prompts go out in calls it accepts.
 TEXT_ITEMS_PER_CALL = TextSettings.max_items_per_request
+
+# Items per call to each encoder: its own default per-request limit (ModelInfo does not carry it);
+# a request's items of one modality go out in calls of at most this many, concurrently.
+ITEMS_PER_CALL = {
+    "text": TextSettings.max_items_per_request,
+    "image": VisionSettings.max_items_per_request,
+    "audio": AudioSettings.max_items_per_request,
+}
 
 # A head on a few rows takes 0.2-0.4 ms on one CPU core, about what the hop to a worker thread
 # costs, so it runs on the event loop; larger batches (up to ~1 ms at 64 rows) go to the thread.
@@ -81,12 +94,18 @@ async def embed_in_chunks(
     return Embeddings(np.concatenate([parts[start].vectors for start in starts]), infos.pop())
 
 
-def _has_text(item: fusion_pb2.MultimodalInput) -> bool:
-    return item.HasField("text") and item.text.strip() != ""
+def _has(item: fusion_pb2.MultimodalInput, modality: str) -> bool:
+    """Whether the input carries the modality (its field, named as the modality, is set; blank text is none)."""
+    if modality == "text":
+        return item.HasField("text") and item.text.strip() != ""
+    return item.HasField(modality)
 
 
-_MODALITY_ENUM = {"text": common_pb2.MODALITY_TEXT, "image": common_pb2.MODALITY_IMAGE}
-_ATTENTION_KEYS = ("cls", "text", "image")
+def _presence(inputs: Sequence[fusion_pb2.MultimodalInput]) -> dict[str, list[bool]]:
+    return {m: [_has(item, m) for item in inputs] for m in MODALITY_NAMES}
+
+
+_MODALITY_ENUM = {m: common_pb2.Modality.Value(f"MODALITY_{m.upper()}") for m in MODALITY_NAMES}
 
 
 def _class_prediction(labels, row: np.ndarray) -> fusion_pb2.ClassPrediction:
@@ -115,7 +134,7 @@ def _predictions(head: Head, outputs: Outputs, used: list[tuple[str, ...]]) -> l
                 prediction.tasks[spec.name].CopyFrom(answer)
         if outputs.attention is not None:
             prediction.attention.update(
-                zip(_ATTENTION_KEYS, map(float, outputs.attention[index]), strict=True)
+                zip(head.attention_keys, map(float, outputs.attention[index]), strict=True)
             )
         predictions.append(prediction)
     return predictions
@@ -153,50 +172,62 @@ class FusionService(fusion_pb2_grpc.FusionServiceServicer):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._head_pool, lambda: fn(**arrays))
 
-    def _check_inputs(self, inputs: Sequence[fusion_pb2.MultimodalInput]) -> None:
+    def _check_inputs(self, inputs: Sequence[fusion_pb2.MultimodalInput]) -> dict[str, list[bool]]:
+        """The inputs' presence per modality; refuses empty requests and inputs carrying nothing."""
         if not inputs:
             raise InvalidInput("inputs must contain at least one item")
         limit = self._settings.max_items_per_request
         if len(inputs) > limit:
             raise InvalidInput(f"too many inputs: {len(inputs)} (limit {limit})")
-        for index, item in enumerate(inputs):
-            if not _has_text(item) and not item.HasField("image"):
-                raise InvalidInput(f"inputs[{index}] needs a text, an image or both")
+        present = _presence(inputs)
+        for index in range(len(inputs)):
+            if not any(present[m][index] for m in MODALITY_NAMES):
+                raise InvalidInput(f"inputs[{index}] needs a text, an image, audio or features (any of them)")
+        return present
 
-    async def _encode(self, inputs: Sequence[fusion_pb2.MultimodalInput], head: Head, context) -> dict:
-        """Embeds the modalities the head reads, in parallel; rows without one are masked out."""
-        wanted = set(head.manifest.modalities)
-        rows = {
-            "text": [i for i, x in enumerate(inputs) if "text" in wanted and _has_text(x)],
-            "image": [i for i, x in enumerate(inputs) if "image" in wanted and x.HasField("image")],
-        }
-        if not rows["text"] and not rows["image"]:
-            raise InvalidInput(
-                f"head {head.name!r} reads {' and '.join(sorted(wanted))}; no input carries it"
-            )
+    async def _encode(
+        self,
+        inputs: Sequence[fusion_pb2.MultimodalInput],
+        head: Head,
+        present: dict[str, list[bool]],
+        context,
+    ) -> dict:
+        """Embeds the modalities the head reads, in parallel, and reads its features; rows without
+        one are masked out. Returns Head keyword arguments (``inputs``, ``masks``)."""
+        reads = head.manifest.modalities
+        rows = {m: [i for i, has in enumerate(present[m]) if has] for m in reads}
+        if not any(rows.values()):
+            raise InvalidInput(f"head {head.name!r} reads {joined(reads)}; no input carries any of them")
         deadline = self._clients.deadline(context.time_remaining())
         calls = {}
-        if rows["text"]:
-            calls["text"] = self._clients.embed_texts([inputs[i].text for i in rows["text"]], deadline)
-        if rows["image"]:
-            calls["image"] = self._clients.embed_images([inputs[i].image for i in rows["image"]], deadline)
-        results: dict[str, Embeddings] = await gather_or_fail_fast(calls)
+        for modality in encoded(reads):
+            if rows[modality]:
+                items = [getattr(inputs[i], modality) for i in rows[modality]]
+                embed = functools.partial(self._clients.embed, modality)
+                calls[modality] = embed_in_chunks(embed, items, ITEMS_PER_CALL[modality], deadline)
+        results: dict[str, Embeddings] = await gather_or_fail_fast(calls) if calls else {}
         self._registry.check(head, {modality: result.info for modality, result in results.items()})
 
         n = len(inputs)
-        arrays: dict = {"text": None, "image": None, "text_mask": None, "image_mask": None}
-        for modality, result in results.items():
-            full = np.zeros((n, result.vectors.shape[1]), dtype=np.float32)
-            full[rows[modality]] = result.vectors
+        vectors = {modality: result.vectors for modality, result in results.items()}
+        if FEATURES in reads and rows[FEATURES]:
+            schema = head.manifest.features
+            vectors[FEATURES] = np.stack(
+                [schema.vector(inputs[i].features.values, f"inputs[{i}].features") for i in rows[FEATURES]]
+            )
+        arrays, masks = {}, {}
+        for modality, block in vectors.items():
+            full = np.zeros((n, block.shape[1]), dtype=block.dtype)
+            full[rows[modality]] = block
             mask = np.zeros(n, dtype=bool)
             mask[rows[modality]] = True
-            arrays[modality], arrays[f"{modality}_mask"] = full, mask
-        return arrays
+            arrays[modality], masks[modality] = full, mask
+        return {"inputs": arrays, "masks": masks}
 
     async def Embed(self, request: fusion_pb2.FusionEmbedRequest, context: grpc.aio.ServicerContext):
         head = self._registry.get(request.head)
-        self._check_inputs(request.inputs)
-        arrays = await self._encode(request.inputs, head, context)
+        present = self._check_inputs(request.inputs)
+        arrays = await self._encode(request.inputs, head, present, context)
         fused = await self._run_head(head.embed, len(request.inputs), **arrays)
         return fusion_pb2.FusionEmbedResponse(embeddings=to_matrix(fused), head=head.name)
 
@@ -207,18 +238,16 @@ class FusionService(fusion_pb2_grpc.FusionServiceServicer):
                 f"head {head.name!r} is an alignment head; Predict needs a classification, regression "
                 "or multi-task head"
             )
-        self._check_inputs(request.inputs)
-        has_text = [_has_text(item) for item in request.inputs]
-        has_image = [item.HasField("image") for item in request.inputs]
-        head.check_modalities(has_text, has_image)  # before spending any encoder call
+        present = self._check_inputs(request.inputs)
+        head.check_modalities(present)  # before spending any encoder call
         if request.explain and not head.can_explain:
             raise InvalidInput(
                 f"head {head.name!r} ({head.manifest.strategy}) has no attention weights; "
                 "explain needs an attention head"
             )
-        arrays = await self._encode(request.inputs, head, context)
+        arrays = await self._encode(request.inputs, head, present, context)
         outputs = await self._run_head(head.predict, len(request.inputs), **arrays, explain=request.explain)
-        predictions = _predictions(head, outputs, head.modalities_used(has_text, has_image))
+        predictions = _predictions(head, outputs, head.modalities_used(present))
         return fusion_pb2.PredictResponse(predictions=predictions, head=head.name)
 
     def _check_similarity(self, texts: list[str], images: list[bytes], labels: list[str]) -> None:
@@ -308,8 +337,10 @@ def _head_info(head: Head) -> fusion_pb2.HeadInfo:
         task=m.task,
         strategy=m.strategy,
         labels=list(m.labels),
-        text_model_id=m.encoders["text"].model_id,
-        vision_model_id=m.encoders["image"].model_id,
+        text_model_id=_model_id(m, "text"),
+        vision_model_id=_model_id(m, "image"),
+        audio_model_id=_model_id(m, "audio"),
+        feature_names=list(m.features.names) if m.features is not None else [],
         embedding_dim=m.fused_dim,
         metrics_json=json.dumps(dict(m.metrics), default=str),
         format_version=m.format_version,
@@ -318,3 +349,9 @@ def _head_info(head: Head) -> fusion_pb2.HeadInfo:
         outputs=[fusion_pb2.HeadOutput(name=o.name, kind=o.kind, labels=list(o.labels)) for o in m.outputs],
         modalities=[_MODALITY_ENUM[modality] for modality in m.modalities],
     )
+
+
+def _model_id(manifest, modality: str) -> str:
+    """The encoder a head's manifest records for a modality ("" for none)."""
+    ref = manifest.encoders.get(modality)
+    return ref.model_id if ref is not None else ""

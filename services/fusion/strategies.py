@@ -1,45 +1,57 @@
 """Fusion strategies and the trainable heads built on them (torch modules, no I/O).
 
-Every fusion module has one interface::
+Every fusion module is built for the modalities of its head (``dims``: modality -> input
+width, in fusion order, ``services.fusion.modalities``) and has one interface::
 
-    forward(text [N, Dt], image [N, Di], text_mask [N] bool, image_mask [N] bool) -> fused [N, D]
+    forward(inputs {modality: [N, D_m]}, masks {modality: [N] bool}) -> fused [N, D]
 
-A False mask means the row has no such modality; its values in the input tensor are ignored.
+``forward(text, image, text_mask, image_mask)`` is shorthand for a text + image head. A False
+mask means the row has no such modality; its values in the input tensor are ignored.
 Missing-modality rules (each module enforces its own, so a head behaves the same in training
 and serving):
 
 - ``weighted_sum``: each projected branch is normalised (LayerNorm without a learned scale,
-  ``branch_norm``) before weighting, so both have the same size and the weights say how much
+  ``branch_norm``) before weighting, so all have the same size and the weights say how much
   each modality counts; a missing modality's branch is replaced by a learned placeholder (its
-  weight unchanged), so the decision layer can tell a text-only row from a matching pair and
+  weight unchanged), so the decision layer can tell a text-only row from a complete one and
   learn (with modality dropout) to be as unsure as it should be. Format 1 heads
   (``branch_norm=0``) predate both: their softmax is taken over the present modalities only, so
   a text-only row is exactly its text projection.
 - ``concat_mlp``: an absent modality's (normalised) input is replaced by a learned "missing"
   vector, so the MLP sees a consistent placeholder instead of an out-of-distribution zero.
-- ``gated``: the per-sample gate is forced to the present modality (1 for text, 0 for image).
+- ``gated``: a per-sample, per-dimension softmax gate over the modalities, taken over the
+  present ones (two modalities: the sigmoid gate of a gated multimodal unit, forced to the
+  present modality when one is missing).
 - ``attention``: a missing modality's tokens are masked out of the attention (``attention``).
-- ``text_only`` / ``image_only``: baselines that look at one modality; a row without it fuses
-  to the zero vector (the classifier then predicts its prior).
+- ``<modality>_only`` (``text_only``, ``audio_only``, ...): baselines that look at one modality;
+  a row without it fuses to the zero vector (the classifier then predicts its prior).
 
-A row with neither modality fuses to zeros here; the serving layer refuses such rows.
+Encoder embeddings are LayerNormed on the way in; ``features`` are not (they arrive
+standardised with the training statistics, and a LayerNorm across a few numbers would erase
+them). A row with no modality fuses to zeros here; the serving layer refuses such rows.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from services.fusion.attention import ATTENTION_DEFAULTS, AttentionFusion
+from services.fusion.layers import Tensors, any_present, as_inputs, input_norm
+from services.fusion.layers import masked as _masked
+from services.fusion.modalities import NAMES, TEXT_IMAGE
 
-# Strategies of heads with a decision layer (classification, regression, multi-task).
-CLASSIFICATION_STRATEGIES = ("weighted_sum", "concat_mlp", "gated", "attention", "text_only", "image_only")
-DECISION_STRATEGIES = CLASSIFICATION_STRATEGIES
-# The strategies that fuse both modalities (the others are single-modality baselines).
+# Strategies that fuse several modalities, and the one-modality baselines (one per modality).
 FUSED_STRATEGIES = ("weighted_sum", "concat_mlp", "gated", "attention")
+SINGLE_STRATEGIES = {f"{modality}_only": modality for modality in NAMES}
+# Strategies of heads with a decision layer (classification, regression, multi-task).
+DECISION_STRATEGIES = (*FUSED_STRATEGIES, *SINGLE_STRATEGIES)
+# The decision strategies a text + image head can use (what every head was before modalities).
+CLASSIFICATION_STRATEGIES = (*FUSED_STRATEGIES, "text_only", "image_only")
 ALIGNMENT_STRATEGY = "alignment"
 
 DEFAULT_CONFIG = {"fused_dim": 256, "hidden_dim": 256, "dropout": 0.1}
@@ -62,170 +74,193 @@ INTEGER_CONFIG_KEYS = (
 MAX_LOGIT_SCALE = 100.0
 
 
-def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zeroes rows whose mask is False (also hides NaN/garbage a caller left in absent rows)."""
-    return torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+def strategy_modalities(strategy: str, modalities: Sequence[str]) -> tuple[str, ...]:
+    """The modalities a strategy reads of a head's: one for a baseline, all of them otherwise."""
+    single = SINGLE_STRATEGIES.get(strategy)
+    return (single,) if single is not None else tuple(modalities)
 
 
 class FusionModule(nn.Module):
-    """Base class: records the dims every strategy has."""
+    """Base class: the modalities and widths every strategy has; subclasses implement ``fuse``."""
 
-    def __init__(
-        self, text_dim: int, image_dim: int, fused_dim: int, hidden_dim: int, dropout: float
-    ) -> None:
+    def __init__(self, dims: Mapping[str, int], fused_dim: int, hidden_dim: int, dropout: float) -> None:
         super().__init__()
-        self.text_dim = text_dim
-        self.image_dim = image_dim
+        self.dims = dict(dims)
+        self.modalities = tuple(dims)
         self.fused_dim = fused_dim
 
-    def forward(
-        self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor, image_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, *args) -> torch.Tensor:
+        inputs, masks = as_inputs(args)
+        return self.fuse(inputs, masks)
+
+    def fuse(self, inputs: Tensors, masks: Tensors) -> torch.Tensor:
         raise NotImplementedError
+
+    def _present(self, masks: Tensors) -> torch.Tensor:
+        return any_present({m: masks[m] for m in self.modalities})
 
 
 class WeightedSumFusion(FusionModule):
-    """F = w_t * N(P_t(text)) + w_i * N(P_i(image)), w = softmax(learned logits).
+    """F = sum_m w_m * N(P_m(x_m)), w = softmax(learned logits).
 
     N normalises each projected branch to zero mean and unit variance per row (no learned
-    scale), so neither branch can grow to outweigh the other: w_text and w_image are the real
-    shares of the two modalities. A missing modality's N(P(x)) is a learned placeholder.
-    ``branch_norm=0`` (format 1 heads) skips N and the placeholders and instead renormalises
-    w over the present modalities.
+    scale), so no branch can grow to outweigh the others: the weights are the real shares of
+    the modalities. A missing modality's N(P(x)) is a learned placeholder. ``branch_norm=0``
+    (format 1 heads) skips N and the placeholders and instead renormalises w over the present
+    modalities.
     """
 
     def __init__(
-        self,
-        text_dim: int,
-        image_dim: int,
-        fused_dim: int,
-        hidden_dim: int,
-        dropout: float,
-        branch_norm: int = 1,
+        self, dims: Mapping[str, int], fused_dim: int, hidden_dim: int, dropout: float, branch_norm: int = 1
     ):
-        super().__init__(text_dim, image_dim, fused_dim, hidden_dim, dropout)
-        # LayerNorm first: the encoders' scales differ (unit-norm text vs ReLU6 image features).
-        self.proj_text = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, fused_dim))
-        self.proj_image = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, fused_dim))
-        self.modality_logits = nn.Parameter(torch.zeros(2))
+        super().__init__(dims, fused_dim, hidden_dim, dropout)
+        for modality, dim in self.dims.items():
+            self.add_module(
+                f"proj_{modality}", nn.Sequential(input_norm(modality, dim), nn.Linear(dim, fused_dim))
+            )
+        self.modality_logits = nn.Parameter(torch.zeros(len(self.modalities)))
         self.dropout = nn.Dropout(dropout)
         self.normalised = bool(branch_norm)
         if self.normalised:
             self.branch_norm = nn.LayerNorm(fused_dim, elementwise_affine=False)  # no parameters
-            self.missing = nn.Parameter(torch.zeros(2, fused_dim))  # text, image placeholders
+            self.missing = nn.Parameter(torch.zeros(len(self.modalities), fused_dim))  # placeholders
 
     def learned_weights(self) -> dict[str, float]:
-        """The two-way softmax of the learned logits: each modality's share when both are present."""
+        """The softmax of the learned logits: each modality's share when all are present."""
         weights = torch.softmax(self.modality_logits.detach(), dim=0)
-        return {"text": float(weights[0]), "image": float(weights[1])}
+        return {m: float(w) for m, w in zip(self.modalities, weights, strict=True)}
 
-    def modality_weights(self, text_mask: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
-        """[N, 2] weights (text, image), renormalised over each row's present modalities."""
-        present = torch.stack([text_mask, image_mask], dim=-1).to(self.modality_logits.dtype)
+    def modality_weights(self, *masks) -> torch.Tensor:
+        """[N, M] weights (in modality order), renormalised over each row's present modalities.
+
+        Takes the masks dict, or one mask per modality in order."""
+        by_name = (
+            masks[0]
+            if len(masks) == 1 and isinstance(masks[0], Mapping)
+            else dict(zip(self.modalities, masks, strict=True))
+        )
+        present = torch.stack([by_name[m] for m in self.modalities], dim=-1).to(self.modality_logits.dtype)
         exp = torch.exp(self.modality_logits - self.modality_logits.max()) * present
         return exp / exp.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(exp.dtype).tiny)
 
-    def forward(self, text, image, text_mask, image_mask):
+    def _project(self, modality: str, inputs: Tensors, masks: Tensors) -> torch.Tensor:
+        return getattr(self, f"proj_{modality}")(_masked(inputs[modality], masks[modality]))
+
+    def fuse(self, inputs, masks):
         if not self.normalised:  # format 1
-            weights = self.modality_weights(text_mask, image_mask)
-            fused_text = _masked(self.proj_text(_masked(text, text_mask)), text_mask)
-            fused_image = _masked(self.proj_image(_masked(image, image_mask)), image_mask)
-            return self.dropout(weights[:, :1] * fused_text + weights[:, 1:] * fused_image)
+            weights = self.modality_weights(masks)
+            fused = 0
+            for index, m in enumerate(self.modalities):
+                branch = _masked(self._project(m, inputs, masks), masks[m])
+                fused = fused + weights[:, index : index + 1] * branch
+            return self.dropout(fused)
         weights = torch.softmax(self.modality_logits, dim=0)
-        fused_text = torch.where(
-            text_mask.unsqueeze(-1),
-            self.branch_norm(self.proj_text(_masked(text, text_mask))),
-            self.missing[0],
-        )
-        fused_image = torch.where(
-            image_mask.unsqueeze(-1),
-            self.branch_norm(self.proj_image(_masked(image, image_mask))),
-            self.missing[1],
-        )
-        fused = weights[0] * fused_text + weights[1] * fused_image
-        return self.dropout(_masked(fused, text_mask | image_mask))
+        fused = 0
+        for index, m in enumerate(self.modalities):
+            branch = torch.where(
+                masks[m].unsqueeze(-1), self.branch_norm(self._project(m, inputs, masks)), self.missing[index]
+            )
+            fused = fused + weights[index] * branch
+        return self.dropout(_masked(fused, self._present(masks)))
 
 
 class ConcatMLPFusion(FusionModule):
-    """MLP([norm(text), norm(image)]); an absent modality is replaced by a learned vector."""
+    """MLP([norm(x_1), ..., norm(x_M)]); an absent modality is replaced by a learned vector."""
 
-    def __init__(self, text_dim: int, image_dim: int, fused_dim: int, hidden_dim: int, dropout: float):
-        super().__init__(text_dim, image_dim, fused_dim, hidden_dim, dropout)
-        self.norm_text = nn.LayerNorm(text_dim)
-        self.norm_image = nn.LayerNorm(image_dim)
-        self.missing_text = nn.Parameter(torch.zeros(text_dim))
-        self.missing_image = nn.Parameter(torch.zeros(image_dim))
+    def __init__(self, dims: Mapping[str, int], fused_dim: int, hidden_dim: int, dropout: float):
+        super().__init__(dims, fused_dim, hidden_dim, dropout)
+        for modality, dim in self.dims.items():
+            self.add_module(f"norm_{modality}", input_norm(modality, dim))
+        for modality, dim in self.dims.items():
+            self.register_parameter(f"missing_{modality}", nn.Parameter(torch.zeros(dim)))
         self.mlp = nn.Sequential(
-            nn.Linear(text_dim + image_dim, hidden_dim),
+            nn.Linear(sum(self.dims.values()), hidden_dim),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, fused_dim),
         )
 
-    def forward(self, text, image, text_mask, image_mask):
-        text_in = torch.where(
-            text_mask.unsqueeze(-1), self.norm_text(_masked(text, text_mask)), self.missing_text
-        )
-        image_in = torch.where(
-            image_mask.unsqueeze(-1), self.norm_image(_masked(image, image_mask)), self.missing_image
-        )
-        return self.mlp(torch.cat([text_in, image_in], dim=-1))
+    def fuse(self, inputs, masks):
+        parts = [
+            torch.where(
+                masks[m].unsqueeze(-1),
+                getattr(self, f"norm_{m}")(_masked(inputs[m], masks[m])),
+                getattr(self, f"missing_{m}"),
+            )
+            for m in self.modalities
+        ]
+        return self.mlp(torch.cat(parts, dim=-1))
 
 
 class GatedFusion(FusionModule):
-    """Gated multimodal unit: z = sigmoid(W [t, i]) per sample and dim; F = z*tanh(P_t t) + (1-z)*tanh(P_i i)."""
+    """Gated multimodal unit: F = sum_m z_m * tanh(P_m x_m), z = per-sample, per-dimension gate.
 
-    def __init__(self, text_dim: int, image_dim: int, fused_dim: int, hidden_dim: int, dropout: float):
-        super().__init__(text_dim, image_dim, fused_dim, hidden_dim, dropout)
-        self.norm_text = nn.LayerNorm(text_dim)
-        self.norm_image = nn.LayerNorm(image_dim)
-        self.proj_text = nn.Linear(text_dim, fused_dim)
-        self.proj_image = nn.Linear(image_dim, fused_dim)
-        self.gate = nn.Linear(text_dim + image_dim, fused_dim)
+    The gate's logits come from all inputs (one block per modality but the last, whose logit is
+    0), softmaxed over the present modalities. With two modalities that is the sigmoid gate
+    z*tanh(P_t t) + (1-z)*tanh(P_i i), computed as one (bit for bit what heads trained as such
+    were).
+    """
+
+    def __init__(self, dims: Mapping[str, int], fused_dim: int, hidden_dim: int, dropout: float):
+        super().__init__(dims, fused_dim, hidden_dim, dropout)
+        if len(self.modalities) < 2:
+            raise ValueError("gated fusion needs at least two modalities")
+        for modality, dim in self.dims.items():
+            self.add_module(f"norm_{modality}", input_norm(modality, dim))
+        for modality, dim in self.dims.items():
+            self.add_module(f"proj_{modality}", nn.Linear(dim, fused_dim))
+        self.gate = nn.Linear(sum(self.dims.values()), fused_dim * (len(self.modalities) - 1))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, text, image, text_mask, image_mask):
-        text_in = _masked(self.norm_text(_masked(text, text_mask)), text_mask)
-        image_in = _masked(self.norm_image(_masked(image, image_mask)), image_mask)
-        gate = torch.sigmoid(self.gate(torch.cat([text_in, image_in], dim=-1)))
-        only_text = (text_mask & ~image_mask).unsqueeze(-1)
-        only_image = (image_mask & ~text_mask).unsqueeze(-1)
-        gate = torch.where(only_text, torch.ones_like(gate), gate)
-        gate = torch.where(only_image, torch.zeros_like(gate), gate)
-        fused = gate * torch.tanh(self.proj_text(text_in)) + (1 - gate) * torch.tanh(
-            self.proj_image(image_in)
+    def _gates(self, logits: torch.Tensor, masks: Tensors) -> list[torch.Tensor]:
+        first, second = (masks[m] for m in self.modalities[:2])
+        if len(self.modalities) == 2:
+            gate = torch.sigmoid(logits)
+            gate = torch.where((first & ~second).unsqueeze(-1), torch.ones_like(gate), gate)
+            gate = torch.where((second & ~first).unsqueeze(-1), torch.zeros_like(gate), gate)
+            return [gate, 1 - gate]
+        n = logits.shape[0]
+        logits = torch.cat(
+            [logits.view(n, -1, self.fused_dim), logits.new_zeros(n, 1, self.fused_dim)], dim=1
         )
-        neither = ~(text_mask | image_mask)
-        return self.dropout(_masked(fused, ~neither))
+        present = torch.stack([masks[m] for m in self.modalities], dim=-1)
+        # A row with nothing present fuses to zeros below; all keys keep its softmax finite.
+        present = present | ~present.any(dim=-1, keepdim=True)
+        logits = logits.masked_fill(~present.unsqueeze(-1), float("-inf"))
+        return list(torch.softmax(logits, dim=1).unbind(dim=1))
+
+    def fuse(self, inputs, masks):
+        normed = {
+            m: _masked(getattr(self, f"norm_{m}")(_masked(inputs[m], masks[m])), masks[m])
+            for m in self.modalities
+        }
+        gates = self._gates(self.gate(torch.cat(list(normed.values()), dim=-1)), masks)
+        fused = 0
+        for gate, m in zip(gates, self.modalities, strict=True):
+            fused = fused + gate * torch.tanh(getattr(self, f"proj_{m}")(normed[m]))
+        return self.dropout(_masked(fused, self._present(masks)))
 
 
-class _SingleModalityFusion(FusionModule):
-    """Baseline that projects one modality and ignores the other."""
+class SingleModalityFusion(FusionModule):
+    """Baseline that projects one modality and ignores the others."""
 
-    modality = ""
-
-    def __init__(self, text_dim: int, image_dim: int, fused_dim: int, hidden_dim: int, dropout: float):
-        super().__init__(text_dim, image_dim, fused_dim, hidden_dim, dropout)
-        in_dim = text_dim if self.modality == "text" else image_dim
+    def __init__(
+        self, dims: Mapping[str, int], fused_dim: int, hidden_dim: int, dropout: float, modality: str
+    ):
+        super().__init__({modality: dims[modality]}, fused_dim, hidden_dim, dropout)
+        self.modality = modality
+        in_dim = dims[modality]
         self.proj = nn.Sequential(
-            nn.LayerNorm(in_dim),
+            input_norm(modality, in_dim),
             nn.Linear(in_dim, hidden_dim),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, fused_dim),
         )
 
-    def forward(self, text, image, text_mask, image_mask):
-        x, mask = (text, text_mask) if self.modality == "text" else (image, image_mask)
+    def fuse(self, inputs, masks):
+        x, mask = inputs[self.modality], masks[self.modality]
         return _masked(self.proj(_masked(x, mask)), mask)
-
-
-class TextOnlyFusion(_SingleModalityFusion):
-    modality = "text"
-
-
-class ImageOnlyFusion(_SingleModalityFusion):
-    modality = "image"
 
 
 FUSION_STRATEGIES: dict[str, type[nn.Module]] = {
@@ -233,19 +268,7 @@ FUSION_STRATEGIES: dict[str, type[nn.Module]] = {
     "concat_mlp": ConcatMLPFusion,
     "gated": GatedFusion,
     "attention": AttentionFusion,
-    "text_only": TextOnlyFusion,
-    "image_only": ImageOnlyFusion,
-}
-
-# Modalities each strategy reads; a head is only checked against the encoders it uses.
-STRATEGY_MODALITIES: dict[str, tuple[str, ...]] = {
-    "weighted_sum": ("text", "image"),
-    "concat_mlp": ("text", "image"),
-    "gated": ("text", "image"),
-    "attention": ("text", "image"),
-    "text_only": ("text",),
-    "image_only": ("image",),
-    "alignment": ("text", "image"),
+    **{name: SingleModalityFusion for name in SINGLE_STRATEGIES},
 }
 
 
@@ -270,12 +293,13 @@ class FusionModel(nn.Module):
         )
         self.num_outputs = num_outputs
 
-    def embed(self, text, image, text_mask, image_mask) -> torch.Tensor:
-        return self.fusion(text, image, text_mask, image_mask)
+    def embed(self, *args) -> torch.Tensor:
+        """The fused embedding: ``(inputs, masks)`` or ``(text, image, text_mask, image_mask)``."""
+        return self.fusion(*args)
 
-    def forward(self, text, image, text_mask, image_mask) -> torch.Tensor:
+    def forward(self, *args) -> torch.Tensor:
         """Raw decision-layer columns [N, num_outputs] (logits and standardised values)."""
-        return self.classifier(self.fusion(text, image, text_mask, image_mask))
+        return self.classifier(self.fusion(*args))
 
 
 class AlignmentHead(nn.Module):
@@ -300,8 +324,10 @@ class AlignmentHead(nn.Module):
     def project_image(self, image: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj_image(image), dim=-1)
 
-    def embed(self, text, image, text_mask, image_mask) -> torch.Tensor:
+    def embed(self, *args) -> torch.Tensor:
         """Normalised mean of the present modalities' projections (one vector per multimodal item)."""
+        inputs, masks = as_inputs(args)
+        text, image, text_mask, image_mask = inputs["text"], inputs["image"], masks["text"], masks["image"]
         summed = _masked(self.project_text(_masked(text, text_mask)), text_mask) + _masked(
             self.project_image(_masked(image, image_mask)), image_mask
         )
@@ -348,27 +374,47 @@ def resolve_config(strategy: str, config: dict) -> dict:
     return merged
 
 
-def build_model(
-    strategy: str, text_dim: int, image_dim: int, config: dict, num_outputs: int = 0
+def build_head_module(
+    strategy: str, dims: Mapping[str, int], config: dict, num_outputs: int = 0
 ) -> FusionModel | AlignmentHead:
-    """The untrained module for a strategy; the one place heads are constructed (train and load).
+    """The untrained module for a strategy over the head's modalities (``dims``: modality -> input
+    width, in fusion order); the one place heads are constructed (train and load).
 
     ``num_outputs`` is the width of the decision layer: the sum of the outputs' widths.
     """
     merged = resolve_config(strategy, config)
+    dims = dict(dims)
     if strategy == ALIGNMENT_STRATEGY:
+        if tuple(dims) != TEXT_IMAGE:
+            raise ValueError(f"an alignment head aligns text and image, not {', '.join(dims)}")
         return AlignmentHead(
-            text_dim, image_dim, int(merged["fused_dim"]), init_temperature=float(merged["init_temperature"])
+            dims["text"], dims["image"], int(merged["fused_dim"]), float(merged["init_temperature"])
         )
     extra = {key: int(merged[key]) for key in STRATEGY_CONFIG.get(strategy, {}) if key not in DEFAULT_CONFIG}
+    single = SINGLE_STRATEGIES.get(strategy)
+    if single is not None:
+        if single not in dims:
+            raise ValueError(
+                f"strategy {strategy!r} reads {single}, which the head's modalities ({', '.join(dims)}) lack"
+            )
+        extra["modality"] = single
+    elif len(dims) < 2:
+        raise ValueError(
+            f"strategy {strategy!r} fuses several modalities; the head has only {', '.join(dims)}"
+        )
     fusion = FUSION_STRATEGIES[strategy](
-        text_dim,
-        image_dim,
-        int(merged["fused_dim"]),
-        int(merged["hidden_dim"]),
-        float(merged["dropout"]),
-        **extra,
+        dims, int(merged["fused_dim"]), int(merged["hidden_dim"]), float(merged["dropout"]), **extra
     )
     return FusionModel(
         fusion, num_outputs, hidden_dim=int(merged["hidden_dim"]), dropout=float(merged["dropout"])
+    )
+
+
+def build_model(
+    strategy: str, text_dim: int, image_dim: int, config: dict, num_outputs: int = 0
+) -> FusionModel | AlignmentHead:
+    """``build_head_module`` for a text + image head."""
+    dims = {"text": text_dim, "image": image_dim}
+    return build_head_module(
+        strategy, {m: dims[m] for m in strategy_modalities(strategy, TEXT_IMAGE)}, config, num_outputs
     )

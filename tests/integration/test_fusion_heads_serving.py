@@ -181,7 +181,7 @@ def test_format1_head_still_loads_and_serves(
 ) -> None:
     listed = {h.name: h for h in fusion.ListHeads(fusion_pb2.ListHeadsRequest(), timeout=5).heads}
     assert listed["legacy"].format_version == 1 and listed["legacy"].missing_modality_policy == "allow"
-    assert listed["match"].format_version == 2 and set(listed["match"].fusion_weights) == {"text", "image"}
+    assert listed["match"].format_version == 3 and set(listed["match"].fusion_weights) == {"text", "image"}
     batch = rows["match"][:3]
     text, image = encoder_embeddings(text_service, vision_service, batch)
     reply = fusion.Predict(fusion_pb2.PredictRequest(inputs=inputs_of(batch), head="legacy"), timeout=30)

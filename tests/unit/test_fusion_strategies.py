@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from services.fusion.strategies import (
     CLASSIFICATION_STRATEGIES,
+    DECISION_STRATEGIES,
     FUSION_STRATEGIES,
     AlignmentHead,
     FusionModel,
@@ -157,7 +158,7 @@ def test_single_modality_baselines_ignore_the_other_modality(strategy: str, igno
 
 
 def test_registry_and_config_validation() -> None:
-    assert set(FUSION_STRATEGIES) == set(CLASSIFICATION_STRATEGIES)
+    assert set(FUSION_STRATEGIES) == set(DECISION_STRATEGIES) > set(CLASSIFICATION_STRATEGIES)
     with pytest.raises(ValueError, match="unknown strategy 'nope'"):
         build_model("nope", TEXT_DIM, IMAGE_DIM, {})
     with pytest.raises(ValueError, match="unknown config keys.*'width'"):

@@ -132,7 +132,7 @@ def test_rpc_errors_become_api_errors_with_their_status(code: grpc.StatusCode) -
         ("/v1/embeddings", {"json": {"input": "a", "dimensions": 0}}, 400, "INVALID_ARGUMENT", "'dimensions' must be between"),
         ("/v1/embeddings", {"json": {"input": "a", "dimensions": True}}, 400, "INVALID_ARGUMENT", "'dimensions' must be an integer"),
         ("/v1/predict", {"json": {"head": "h"}}, 400, "INVALID_ARGUMENT", "'inputs' is required"),
-        ("/v1/predict", {"json": {"inputs": [{}], "head": "h"}}, 400, "INVALID_ARGUMENT", "'inputs[0]' needs a text, an image or both"),
+        ("/v1/predict", {"json": {"inputs": [{}], "head": "h"}}, 400, "INVALID_ARGUMENT", "'inputs[0]' needs a text, an image, audio or features"),
         ("/v1/predict", {"json": {"inputs": [{"text": 3}], "head": "h"}}, 400, "INVALID_ARGUMENT", "'inputs[0].text' must be a string"),
         ("/v1/predict", {"json": {"inputs": ["a"], "head": "h"}}, 400, "INVALID_ARGUMENT", "'inputs[0]' must be an object"),
         ("/v1/predict", {"json": {"text": "a"}}, 400, "INVALID_ARGUMENT", "'head' is required"),

@@ -89,7 +89,8 @@ def test_multitask_head_answers_every_task(tmp_path: Path) -> None:
 def test_each_row_gets_the_temperature_of_its_missing_modality() -> None:
     raw = np.array([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
     has_text, has_image = np.array([True, True, False]), np.array([True, False, True])
-    probabilities = split_outputs(raw, [COLOUR], has_text, has_image).probabilities["colour"]
+    masks = {"text": has_text, "image": has_image}
+    probabilities = split_outputs(raw, [COLOUR], masks).probabilities["colour"]
     for row, temperature in zip(
         probabilities, (2.0, 10.0, 2.0), strict=True
     ):  # no text-missing T: the default
@@ -147,7 +148,7 @@ def test_manifest_records_policy_and_fusion_weights(tmp_path: Path) -> None:
         fusion_weights=module.fusion.learned_weights(),
     )  # fmt: skip
     manifest = load_head(tmp_path / "ws").manifest
-    assert manifest.format_version == 2 and manifest.missing_modality_policy == "refuse"
+    assert manifest.format_version == 3 and manifest.missing_modality_policy == "refuse"
     assert manifest.fusion_weights == pytest.approx({"text": 0.5, "image": 0.5})
     assert manifest.config["branch_norm"] == 1 and manifest.labels == COLOUR.labels
 

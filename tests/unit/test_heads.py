@@ -239,7 +239,7 @@ def test_non_finite_weights_are_refused(head_dir: Path) -> None:
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda m: m.update(format_version=3), "unsupported format_version 3"),
+        (lambda m: m.update(format_version=4), "unsupported format_version 4"),
         (lambda m: m.pop("weights_sha256"), "lacks 'weights_sha256'"),
         (lambda m: m.update(task="ranking"), "unknown task 'ranking'"),
         (lambda m: m.update(task="regression"), "does not fit its outputs"),

@@ -129,7 +129,7 @@ def test_read_jsonl_accepts_paths_data_urls_base64_and_missing_modalities(tmp_pa
         ('{"text": "a", "image": "%%%", "label": "x"}', "neither a path .* nor valid base64"),
         ('{"text": "a", "image": "data:image/png,raw", "label": "x"}', "must be base64-encoded"),
         ('{"text": "a"}', "missing label"),
-        ('{"label": "x"}', "needs text, image or both"),
+        ('{"label": "x"}', "needs text, image, audio or features"),
         ('{"text": 3, "label": "x"}', "text must be a string"),
         ('{"text": "a", "label": ""}', "label must be a non-empty string"),
     ],
@@ -215,7 +215,7 @@ def test_cache_separates_encoder_revisions_and_heals_corrupt_entries(tmp_path: P
     CachedEmbedder(newer, tmp_path).embed_texts(["hello"])
     assert newer.texts == ["hello"]  # another revision never reuses r1's vectors
     directories = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert len(directories) == 4  # text + image cache per revision
+    assert len(directories) == 2  # a text cache per revision (each opens on first use)
     descriptions = [json.loads((p / "encoder.json").read_text()) for p in directories]
     assert {d["revision"] for d in descriptions} == {"r1", "r2"}
 

@@ -3,6 +3,7 @@
 python -m training.heads train --data rows.jsonl --name match --strategy gated --out heads
 python -m training.heads train --data orders.jsonl --task regression --loss huber
 python -m training.heads train --data rows.jsonl --task multitask --task-weight total=0.5
+python -m training.heads train --data alerts.jsonl --modalities text,audio,features --baselines
 python -m training.heads demo --data data/demo --out heads
 python -m training.heads compare --data data/demo
 python -m training.heads evaluate --head heads/match
@@ -15,12 +16,13 @@ import logging
 from pathlib import Path
 
 from services.common.errors import MmserveError
+from services.fusion.modalities import NAMES as MODALITY_NAMES
 from services.fusion.outputs import OUTPUT_KINDS
 from services.fusion.strategies import ALIGNMENT_STRATEGY, DECISION_STRATEGIES
 from training.encoder_options import add_encoder_arguments, create_embedder
 from training.heads import compare, evaluate
 from training.heads.summary import format_summary
-from training.heads.train import BASELINES, TASK_TYPES, TrainConfig, TrainResult, train_demo, train_head
+from training.heads.train import TASK_TYPES, TrainConfig, TrainResult, train_demo, train_head
 from training.options import add_options, from_options
 
 # Strategy hyper-parameters: passed to the strategy only when given.
@@ -78,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                        metavar="NAME=KIND",
                        help="classification or regression for a multi-task task (default: numbers are regression).")  # fmt: skip
     train.add_argument("--baselines", action="store_true",
-                       help="Also train text_only and image_only on the same split; record their test figures.")  # fmt: skip
+                       help="Also train each modality alone (text_only, ...) on the same split; record their test figures.")  # fmt: skip
+    train.add_argument("--modalities", type=lambda text: tuple(m for m in text.split(",") if m),
+                       help=f"Comma-separated inputs of the head (of {', '.join(MODALITY_NAMES)}); default: what the data carries.")  # fmt: skip
     for name, kind, help_text in _HPARAMS:
         train.add_argument("--" + name.replace("_", "-"), type=kind, help=help_text)
 
@@ -119,7 +123,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[tu
     if (args.task == "alignment") != (strategy == ALIGNMENT_STRATEGY):
         parser.error(f"--task {args.task} does not train the {strategy!r} strategy")
     hparams = {name: getattr(args, name) for name, _, _ in _HPARAMS if getattr(args, name) is not None}
-    baselines = BASELINES if args.baselines else ()
+    baselines = bool(args.baselines)
     embedder = create_embedder(args)
     try:
         name = args.name or args.data.stem
@@ -136,6 +140,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[tu
                 task=args.task,
                 task_kinds=dict(args.task_kind),
                 task_weights=dict(args.task_weight),
+                modalities=args.modalities,
             )  # fmt: skip
         ]
     finally:

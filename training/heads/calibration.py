@@ -19,8 +19,8 @@ from training.data import EmbeddedSet
 from training.heads.tasks import Task
 
 ECE_BINS = 15
-# (rows, text_mask, image_mask) -> raw decision-layer outputs [len(rows), columns]
-RawOutputs = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# (rows, {modality: kept [len(rows)] bool}) -> raw decision-layer outputs [len(rows), columns]
+RawOutputs = Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray]
 # Inverse temperatures searched: T from 1/20 (sharpen) to 1000 (flatten a head that is sure
 # of answers it cannot know, e.g. one modality missing and no modality dropout in training).
 _BETA_RANGE = (1e-3, 20.0)
@@ -118,20 +118,20 @@ def case_rows(
     rows: np.ndarray,
     missing: str | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and targets of one case on ``rows``: rows with both modalities (``missing`` None),
-    or rows without ``missing``: those that lack it plus those that have both with it masked."""
+    """Logits and targets of one case on ``rows``: rows with every modality (``missing`` None),
+    or rows without ``missing``: those that lack it (but carry another) plus those that have
+    every modality with it masked."""
     rows = task.present(rows)
-    both = rows[data.text_mask[rows] & data.image_mask[rows]]
+    complete = rows[data.all_present()[rows]]
     if missing is None:
-        picked = both if len(both) else rows
+        picked = complete if len(complete) else rows
         return raw_all[picked, columns], task.targets[picked]
-    other_mask = data.image_mask if missing == "text" else data.text_mask
-    own_mask = data.text_mask if missing == "text" else data.image_mask
-    lacking = rows[~own_mask[rows] & other_mask[rows]]
-    keep = np.ones(len(both), dtype=bool)
-    masked = raw_outputs(both, ~keep if missing == "text" else keep, keep if missing == "text" else ~keep)
+    others = [m for m in data.modalities if m != missing]
+    carries_other = np.any(np.stack([data.masks[m][rows] for m in others]), axis=0)
+    lacking = rows[~data.masks[missing][rows] & carries_other]
+    masked = raw_outputs(complete, {m: np.full(len(complete), m != missing) for m in data.modalities})
     logits = np.concatenate([masked[:, columns], raw_all[lacking, columns]])
-    return logits, np.concatenate([task.targets[both], task.targets[lacking]])
+    return logits, np.concatenate([task.targets[complete], task.targets[lacking]])
 
 
 def calibrate_task(
@@ -145,8 +145,8 @@ def calibrate_task(
     missing_cases: Sequence[str],
     enabled: bool,
 ) -> tuple[Task, dict[str, Any]]:
-    """Fits the temperatures of one classification task on validation rows, one per case (both
-    modalities, and each of ``missing_cases`` missing), and measures them on test rows."""
+    """Fits the temperatures of one classification task on validation rows, one per case (every
+    modality, and each of ``missing_cases`` missing), and measures them on test rows."""
     val_logits, val_targets = case_rows(task, columns, raw_all, raw_outputs, data, val_rows, None)
     temperature = fit_temperature(val_logits, val_targets) if enabled else 1.0
     summary = calibration_summary(

@@ -1,9 +1,9 @@
 """Compares the fusion strategies on the demo tasks: ``python -m training.heads compare --data data/demo``.
 
-Every strategy (and both single-modality baselines) is trained the same way on the same split of
-each task; the tables printed are the README's: the held-out test figure per strategy (accuracy;
-R² for regression), then the same test rows with the image or the text masked. ``--json`` also
-writes every figure.
+Every strategy (and each modality alone, as a baseline) is trained the same way on the same split
+of each task; the tables printed are the README's, one pair per set of modalities: the held-out
+test figure per strategy (accuracy; R² for regression), then the same test rows with each
+modality masked. ``--json`` also writes every figure.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 from training.data import embed_examples, read_examples
 from training.encoder_options import add_encoder_arguments, create_embedder
-from training.heads.train import BASELINES, TrainConfig, train_on
+from training.heads.missing import case_names
+from training.heads.train import TrainConfig, single_baselines, train_on
 from training.options import add_options, from_options
 
 # (task file stem, what the head learns, what the task tests)
@@ -26,6 +27,8 @@ TASKS = (
     ("order_total", "regression", "quantity from text x unit price from image"),
     ("order", "multitask", "variant + total, some labels missing"),
     ("region", "classification", "text picks which side of the image matters"),
+    ("risk", "classification", "purpose from text x debt ratio from features"),
+    ("sound_caption", "classification", "caption matches sound (needs both)"),
 )
 STRATEGIES = ("weighted_sum", "concat_mlp", "gated", "attention")
 
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     tasks = [known[name] for name in args.tasks.split(",") if name in known]
     strategies = [s for s in args.strategies.split(",") if s]
     figures: dict[str, dict[str, Any]] = {}
+    modalities: dict[str, tuple[str, ...]] = {}
     embedder = create_embedder(args)
     try:
         for name, task, _ in tasks:
@@ -77,8 +81,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
                 path, require_label=task == "classification", require_targets=task != "classification"
             )
             data = embed_examples(examples, embedder, progress=sys.stderr.isatty())
+            modalities[name] = data.modalities
             figures[name] = {}
-            for strategy in [*strategies, *BASELINES]:
+            for strategy in [*strategies, *single_baselines(data.modalities)]:
                 metrics = train_on(data, task, strategy, {}, cfg).metrics
                 figures[name][strategy] = {
                     "test": _primary(metrics),
@@ -86,8 +91,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
                         n: "accuracy" if "test_accuracy" in part else "R²"
                         for n, part in metrics.get("tasks", {}).items()
                     },
-                    "text_only": _primary(metrics, "text_only"),
-                    "image_only": _primary(metrics, "image_only"),
+                    **{case: _primary(metrics, case) for case in _masked_cases(data.modalities)},
                     "epochs_run": metrics["epochs_run"],
                 }
                 print(
@@ -97,9 +101,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
                 )
     finally:
         embedder.close()
-    print(format_tables(figures, tasks, strategies))
+    print(format_tables(figures, tasks, strategies, modalities))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+
+
+def _masked_cases(modalities: tuple[str, ...]) -> list[str]:
+    """The masked cases of a head over ``modalities``, in report order (each masks one modality)."""
+    return [case for case, masked in case_names(modalities).items() if masked is not None]
 
 
 def _what(task: str, figures: dict[str, Any]) -> str:
@@ -110,19 +119,30 @@ def _what(task: str, figures: dict[str, Any]) -> str:
     return " / ".join(f"`{name}` {kinds.get(name, '')}".strip() for name in figures["test"])
 
 
-def format_tables(figures: dict[str, Any], tasks, strategies) -> str:
-    header = ["task", "figure", *strategies, *(f"{b} baseline" for b in BASELINES)]
+def format_tables(
+    figures: dict[str, Any], tasks, strategies, modalities: dict[str, tuple[str, ...]] | None = None
+) -> str:
+    """A pair of tables per set of modalities (tasks over text + image first, as they are listed)."""
+    modalities = modalities or {}
+    groups: dict[tuple[str, ...], list] = {}
+    for task in tasks:
+        groups.setdefault(modalities.get(task[0], ("text", "image")), []).append(task)
+    return "\n\n".join(_tables(figures, group, strategies, names) for names, group in groups.items())
+
+
+def _tables(figures: dict[str, Any], tasks, strategies, names: tuple[str, ...]) -> str:
+    baselines = single_baselines(names)
+    masked = _masked_cases(names)
+    header = ["task", "figure", *strategies, *(f"{b} baseline" for b in baselines)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, task, _ in tasks:
         what = _what(task, figures[name][strategies[0]])
-        cells = [_cell(figures[name][s]["test"]) for s in [*strategies, *BASELINES]]
+        cells = [_cell(figures[name][s]["test"]) for s in [*strategies, *baselines]]
         lines.append(f"| `{name}` | {what} | " + " | ".join(cells) + " |")
-    lines += ["", "| task (image masked · text masked) | " + " | ".join(strategies) + " |"]
+    titles = " · ".join(f"{m} masked" for m in case_names(names).values() if m is not None)
+    lines += ["", f"| task ({titles}) | " + " | ".join(strategies) + " |"]
     lines.append("|" + "---|" * (len(strategies) + 1))
     for name, _, _ in tasks:
-        cells = [
-            f"{_cell(figures[name][s]['text_only'])} · {_cell(figures[name][s]['image_only'])}"
-            for s in strategies
-        ]
+        cells = [" · ".join(_cell(figures[name][s][case]) for case in masked) for s in strategies]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from services.fusion.heads import Head, check_compatible, load_head
+from services.fusion.heads import Head, check_encoders, load_head
 from services.fusion.outputs import CLASSIFICATION, DEFAULT_CLASSIFICATION_OUTPUT
 from training.data import EmbeddedSet, data_sha256, embed_examples, read_examples, split_indices
+from training.embedders import encoder_info
 from training.encoder_options import add_encoder_arguments, create_embedder
 from training.heads.tasks import number_text
 from training.reports import (
@@ -50,7 +51,7 @@ def evaluate_head(head: Head, data: EmbeddedSet) -> dict[str, Any]:
         return retrieval_report(
             head.project_text(data.text[both]), head.project_image(data.image[both]), labels
         )
-    outputs = head.predict(data.text, data.image, data.text_mask, data.image_mask)
+    outputs = head.predict(inputs=data.inputs, masks=data.masks)
     parts: dict[str, dict[str, Any]] = {}
     for spec in head.outputs:
         answers = _answers(data, spec.name)
@@ -82,14 +83,7 @@ def evaluate_head(head: Head, data: EmbeddedSet) -> dict[str, Any]:
 
 
 def subset(data: EmbeddedSet, rows: np.ndarray) -> EmbeddedSet:
-    return EmbeddedSet(
-        data.text[rows],
-        data.image[rows],
-        data.text_mask[rows],
-        data.image_mask[rows],
-        tuple(data.labels[i] for i in rows),
-        tuple(data.targets[i] for i in rows) if data.targets else (),
-    )
+    return data.subset(rows)
 
 
 def stratify_keys(head: Head, examples: list) -> list:
@@ -146,8 +140,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         examples = [examples[i] for i in split.test]
     embedder = create_embedder(args)
     try:
-        check_compatible(head.manifest, embedder.text_info, embedder.image_info)
-        data = embed_examples(examples, embedder, progress=sys.stderr.isatty())
+        check_encoders(
+            head.manifest, {m: encoder_info(embedder, m) for m in head.manifest.encoded_modalities}
+        )
+        data = embed_examples(
+            examples, embedder, progress=sys.stderr.isatty(), modalities=head.manifest.inputs
+        )
     finally:
         embedder.close()
     report = evaluate_head(head, data)

@@ -1,8 +1,9 @@
 """How a trained head answers when a modality is missing, measured on its test split.
 
-The test rows that carry both modalities are scored three times: as they are (``both``), with
-the image masked (``text_only``) and with the text masked (``image_only``), through the head's
-own missing-modality rule. Classification outputs get accuracy, NLL and mean confidence (the
+The test rows that carry every modality of the head are scored as they are and with each
+modality masked in turn, through the head's own missing-modality rule. For a text + image head
+the cases are ``both``, ``text_only`` (image masked) and ``image_only`` (text masked); for more
+modalities ``all`` and ``without_<modality>`` (``case_names``). Classification outputs get accuracy, NLL and mean confidence (the
 probability of the predicted class) with the temperature fitted for that case; regression
 outputs get MAE, RMSE and R². An honest head is as unsure without a modality as its accuracy
 then deserves.
@@ -23,10 +24,23 @@ from training.heads.calibration import log_softmax
 from training.heads.tasks import Task, column_slices
 from training.reports import regression_metrics
 
-# (rows, text_mask, image_mask) -> raw decision-layer outputs [len(rows), columns]
-RawOutputs = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-# case -> (text kept, image kept, the missing modality)
-CASES = {"both": (True, True, None), "text_only": (True, False, "image"), "image_only": (False, True, "text")}
+# (rows, {modality: kept [len(rows)] bool}) -> raw decision-layer outputs [len(rows), columns]
+RawOutputs = Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray]
+
+
+def case_names(modalities: Sequence[str]) -> dict[str, str | None]:
+    """Case name -> the modality it masks (None: the case with all of them), in report order."""
+    modalities = tuple(modalities)
+    if len(modalities) == 2:
+        first, second = modalities
+        return {"both": None, f"{first}_only": second, f"{second}_only": first}
+    return {"all": None, **{f"without_{m}": m for m in modalities}}
+
+
+def case_title(case: str, modalities: Sequence[str]) -> str:
+    """How a summary names a case: "text + image", "image masked"."""
+    masked = case_names(modalities)[case]
+    return " + ".join(modalities) if masked is None else f"{masked} masked"
 
 
 def _case_metrics(
@@ -55,21 +69,25 @@ def primary(task: Task, metrics: dict[str, Any]) -> float:
 
 
 def masked_modality_report(
-    raw_outputs: RawOutputs, tasks: Sequence[Task], rows: np.ndarray, both_present: np.ndarray
+    raw_outputs: RawOutputs,
+    tasks: Sequence[Task],
+    rows: np.ndarray,
+    complete: np.ndarray,
+    modalities: Sequence[str] = ("text", "image"),
 ) -> dict[str, Any]:
-    """Per case, per output metrics on the rows of ``rows`` that have both modalities."""
-    rows = np.sort(rows[both_present[rows]])
+    """Per case, per output metrics on the rows of ``rows`` that have every modality (``complete``)."""
+    rows = np.sort(rows[complete[rows]])
     slices = column_slices([t.spec for t in tasks])
     cases: dict[str, Any] = {}
-    for case, (text, image, missing) in CASES.items():
+    for case, missing in case_names(modalities).items():
         if len(rows) == 0:
             break
-        raw = raw_outputs(rows, np.full(len(rows), text), np.full(len(rows), image))
+        raw = raw_outputs(rows, {m: np.full(len(rows), m != missing) for m in modalities})
         cases[case] = {
             task.name: _case_metrics(task, raw, rows, columns, missing)
             for task, columns in zip(tasks, slices, strict=True)
         }
-    return {"rows": len(rows), "split": "test", "cases": cases}
+    return {"rows": len(rows), "split": "test", "modalities": list(modalities), "cases": cases}
 
 
 def modality_contribution(report: dict[str, Any], tasks: Sequence[Task]) -> dict[str, Any]:
@@ -85,8 +103,9 @@ def modality_contribution(report: dict[str, Any], tasks: Sequence[Task]) -> dict
     def score(case: str) -> float:
         return float(np.mean([primary(t, cases[case][t.name]) for t in tasks]))
 
+    names = case_names(report["modalities"])
+    complete = next(case for case, masked in names.items() if masked is None)
     return {
         "metric": metric,
-        "text": score("both") - score("image_only"),
-        "image": score("both") - score("text_only"),
+        **{masked: score(complete) - score(case) for case, masked in names.items() if masked is not None},
     }

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from training.heads.missing import case_title
 from training.heads.train import TrainResult
 from training.reports import format_report
-
-_CASES = (("both", "text + image"), ("text_only", "image masked"), ("image_only", "text masked"))
 
 
 def _figure(value: Any) -> str:
@@ -20,9 +19,11 @@ def masked_modality_lines(metrics: dict[str, Any]) -> list[str]:
     """One line per case and output: the figures with each modality masked on the test split."""
     report = metrics.get("masked_modality") or {}
     cases = report.get("cases") or {}
+    modalities = report.get("modalities", ("text", "image"))
     lines = []
-    for case, title in _CASES:
-        for output, figures in cases.get(case, {}).items():
+    for case, outputs in cases.items():
+        title = case_title(case, modalities)
+        for output, figures in outputs.items():
             if "accuracy" in figures:
                 text = (
                     f"accuracy {figures['accuracy']:.3f}, NLL {figures['nll']:.3f}, "
@@ -45,14 +46,12 @@ def format_summary(result: TrainResult) -> str:
         lines.append(f"learned fusion weights: {_figure(result.fusion_weights)}")
     contribution = metrics.get("modality_contribution") or {}
     if contribution:
-        lines.append(
-            f"modality contribution (drop in test {contribution['metric']} when masked): "
-            f"text {contribution['text']:.3f}, image {contribution['image']:.3f}"
-        )
+        drops = ", ".join(f"{m} {v:.3f}" for m, v in contribution.items() if m != "metric")
+        lines.append(f"modality contribution (drop in test {contribution['metric']} when masked): {drops}")
     masked = masked_modality_lines(metrics)
     if masked:
         lines.append(
-            f"test split with a modality masked ({metrics['masked_modality']['rows']} rows with both):"
+            f"test split with a modality masked ({metrics['masked_modality']['rows']} rows with all modalities):"
         )
         lines.extend(masked)
     for output, calibration in (metrics.get("calibration") or {}).items():

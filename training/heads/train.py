@@ -1,4 +1,6 @@
-"""Trains fusion heads on text + image embeddings and saves them for the fusion service.
+"""Trains fusion heads on embeddings (text, image, audio) and tabular features, and saves them for
+the fusion service. A head's modalities are what its data carries (``--modalities`` picks some);
+features are standardised with the training split's statistics, which the manifest records.
 
 ``python -m training.heads train --data data/demo/match.jsonl --strategy weighted_sum --name match``
 trains one head; ``python -m training.heads demo --data data/demo`` trains the demo heads of a
@@ -32,22 +34,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from services.fusion.features import FeatureSchema, fit_schema
 from services.fusion.heads import save_head
+from services.fusion.modalities import FEATURES, TEXT_IMAGE, encoded
 from services.fusion.outputs import CLASSIFICATION, OutputSpec
 from services.fusion.strategies import (
     ALIGNMENT_STRATEGY,
     DECISION_STRATEGIES,
     FUSED_STRATEGIES,
-    STRATEGY_MODALITIES,
     AlignmentHead,
     FusionModel,
     WeightedSumFusion,
-    build_model,
+    build_head_module,
     contrastive_loss,
     resolve_config,
+    strategy_modalities,
 )
 from training.data import EmbeddedSet, Splits, data_sha256, embed_examples, read_examples, split_indices
-from training.embedders import Embedder
+from training.embedders import Embedder, encoder_info
 from training.heads.calibration import calibrate_task
 from training.heads.loop import fit
 from training.heads.missing import masked_modality_report, modality_contribution
@@ -98,8 +102,15 @@ DEMO_HEADS = (
     DemoHead("align", "align.jsonl", ALIGNMENT_STRATEGY, "alignment"),
     DemoHead("order_total", "order_total.jsonl", "weighted_sum", "regression"),
     DemoHead("order", "order.jsonl", "attention", "multitask"),
+    DemoHead("risk", "risk.jsonl", "concat_mlp", baselines=True),
+    DemoHead("sound_caption", "sound_caption.jsonl", "concat_mlp", baselines=True),
 )
 BASELINES = ("text_only", "image_only")
+
+
+def single_baselines(modalities: Sequence[str]) -> tuple[str, ...]:
+    """Each modality alone: the ``<modality>_only`` baselines of a head over ``modalities``."""
+    return tuple(f"{m}_only" for m in modalities)
 
 
 @dataclass(frozen=True)
@@ -171,26 +182,42 @@ class TrainResult:
     outputs: tuple[OutputSpec, ...] = ()
     missing_modality_policy: str = "allow"
     fusion_weights: dict[str, float] = field(default_factory=dict)
+    modalities: tuple[str, ...] = TEXT_IMAGE  # the head's inputs
+    features: FeatureSchema | None = None
 
 
-def _tensors(data: EmbeddedSet) -> tuple[torch.Tensor, ...]:
-    return (
-        torch.from_numpy(data.text),
-        torch.from_numpy(data.image),
-        torch.from_numpy(data.text_mask),
-        torch.from_numpy(data.image_mask),
-    )
+def _tensors(data: EmbeddedSet, schema: FeatureSchema | None) -> tuple[dict, dict]:
+    """Inputs and masks as tensors; features standardised with ``schema`` (zeros where absent)."""
+    inputs = {}
+    for modality, array in data.inputs.items():
+        if modality == FEATURES:
+            array = np.where(data.masks[modality][:, None], schema.standardise(array), 0).astype(np.float32)
+        inputs[modality] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return inputs, {m: torch.from_numpy(mask) for m, mask in data.masks.items()}
+
+
+def _feature_schema(data: EmbeddedSet, train: np.ndarray) -> FeatureSchema | None:
+    """The features' statistics on the training split's rows that carry them."""
+    if FEATURES not in data.inputs:
+        return None
+    rows = train[data.masks[FEATURES][train]]
+    if len(rows) == 0:
+        raise ValueError("no training row carries features")
+    return fit_schema(data.feature_names, data.inputs[FEATURES][rows])
 
 
 def _drop_modalities(
-    text_mask: torch.Tensor, image_mask: torch.Tensor, p: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+    masks: dict[str, torch.Tensor], p: float, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Masks one present modality (uniformly) of a share ``p`` of the rows carrying two or more."""
     if p <= 0:
-        return text_mask, image_mask
-    both = text_mask & image_mask
-    drop = both & (torch.rand(text_mask.shape, generator=generator) < p)
-    drop_text = drop & (torch.rand(text_mask.shape, generator=generator) < 0.5)
-    return text_mask & ~drop_text, image_mask & ~(drop & ~drop_text)
+        return masks
+    present = torch.stack(list(masks.values()), dim=-1)
+    count = present.sum(dim=-1)
+    drop = (count >= 2) & (torch.rand(count.shape, generator=generator) < p)
+    which = (torch.rand(count.shape, generator=generator) * count).long()  # the k-th present one
+    chosen = present & (present.long().cumsum(dim=-1) - 1 == which.unsqueeze(-1)) & drop.unsqueeze(-1)
+    return {m: mask & ~chosen[:, i] for i, (m, mask) in enumerate(masks.items())}
 
 
 def _check_splits(splits: Splits, n: int) -> None:
@@ -212,9 +239,9 @@ def _policy(cfg: TrainConfig, strategy: str, data: EmbeddedSet, train: np.ndarra
     """``allow`` only when training saw rows lacking one of the head's (two) modalities."""
     if cfg.missing_modality != "auto":
         return cfg.missing_modality
-    if len(STRATEGY_MODALITIES[strategy]) < 2:
+    if len(strategy_modalities(strategy, data.modalities)) < 2:
         return "refuse"  # a single-modality head cannot answer without its one modality
-    partial = not (data.text_mask[train] & data.image_mask[train]).all()
+    partial = not data.all_present()[train].all()
     return "allow" if partial or dropout > 0 else "refuse"
 
 
@@ -294,23 +321,26 @@ def train_decision_head(
     splits = split_indices(_stratify_by(tasks, len(data)), cfg.val_fraction, cfg.test_fraction, cfg.seed)
     _check_splits(splits, len(data))
     tasks = fit_to_training_rows(tasks, splits.train, cfg.class_weight)
-    text, image, text_mask, image_mask = _tensors(data)
+    schema = _feature_schema(data, splits.train)
+    inputs, masks = _tensors(data, schema)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(strategy, text.shape[1], image.shape[1], config, sum(t.spec.width for t in tasks))
+    dims = {m: array.shape[1] for m, array in inputs.items()}
+    model = build_head_module(strategy, dims, config, sum(t.spec.width for t in tasks))
     loss_fn = TaskLoss(tasks, cfg.loss)
     dropout = cfg.modality_dropout if strategy in FUSED_STRATEGIES else 0.0
 
     def batch_loss(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        t_mask, i_mask = _drop_modalities(text_mask[rows], image_mask[rows], dropout, generator)
-        return loss_fn(model(text[rows], image[rows], t_mask, i_mask), rows)[0]
+        kept = _drop_modalities({m: mask[rows] for m, mask in masks.items()}, dropout, generator)
+        return loss_fn(model({m: x[rows] for m, x in inputs.items()}, kept), rows)[0]
 
-    def raw_outputs(rows: np.ndarray, t_mask: np.ndarray | None = None, i_mask: np.ndarray | None = None):
+    def raw_outputs(rows: np.ndarray, keep: dict[str, np.ndarray] | None = None):
         idx = torch.from_numpy(rows)
-        t = text_mask[idx] if t_mask is None else torch.from_numpy(t_mask) & text_mask[idx]
-        i = image_mask[idx] if i_mask is None else torch.from_numpy(i_mask) & image_mask[idx]
+        row_masks = {m: mask[idx] for m, mask in masks.items()}
+        if keep is not None:
+            row_masks = {m: torch.from_numpy(keep[m]) & mask for m, mask in row_masks.items()}
         with torch.no_grad():
-            return model(text[idx], image[idx], t, i).double().numpy()
+            return model({m: x[idx] for m, x in inputs.items()}, row_masks).double().numpy()
 
     all_rows = np.arange(len(data))
     slices = column_slices([t.spec for t in tasks])
@@ -331,7 +361,7 @@ def train_decision_head(
     raw_all = raw_outputs(all_rows)
 
     policy = _policy(cfg, strategy, data, splits.train, dropout)
-    missing_cases = ("image", "text") if policy == "allow" and strategy in FUSED_STRATEGIES else ()
+    missing_cases = data.modalities if policy == "allow" and strategy in FUSED_STRATEGIES else ()
     calibration: dict[str, Any] = {}
     calibrated = []
     for task, columns in zip(tasks, slices, strict=True):
@@ -344,9 +374,7 @@ def train_decision_head(
 
     report = _test_report(tasks, raw_all, eval_rows)
     val_metrics = per_task(raw_all, splits.val, tasks)
-    masked = masked_modality_report(
-        lambda rows, t, i: raw_outputs(rows, t, i), tasks, eval_rows, data.text_mask & data.image_mask
-    )
+    masked = masked_modality_report(raw_outputs, tasks, eval_rows, data.all_present(), data.modalities)
     metrics: dict[str, Any] = {
         **_headline(tasks, report, val_metrics),
         "val_loss": val_loss,
@@ -373,6 +401,8 @@ def train_decision_head(
         outputs=tuple(t.spec for t in tasks),
         missing_modality_policy=policy,
         fusion_weights=fusion_weights,
+        modalities=data.modalities,
+        features=schema,
     )
 
 
@@ -425,6 +455,8 @@ def train_alignment(
     Validation and test score image->text retrieval top-1, where any caption with the image's
     label counts when rows carry labels (captions of one class are interchangeable).
     """
+    if data.modalities != TEXT_IMAGE:
+        raise ValueError(f"alignment aligns text and image; the data carries {', '.join(data.modalities)}")
     both = data.text_mask & data.image_mask
     if not both.all():
         raise ValueError(f"alignment needs text and image in every row; {int((~both).sum())} rows lack one")
@@ -432,10 +464,11 @@ def train_alignment(
     config = resolve_config(ALIGNMENT_STRATEGY, dict(hparams or {}))
     splits = split_indices(data.labels, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     _check_splits(splits, len(data))
-    text, image, _, _ = _tensors(data)
+    inputs, _ = _tensors(data, None)
+    text, image = inputs["text"], inputs["image"]
 
     torch.manual_seed(cfg.seed)
-    model = build_model(ALIGNMENT_STRATEGY, text.shape[1], image.shape[1], config)
+    model = build_head_module(ALIGNMENT_STRATEGY, {"text": text.shape[1], "image": image.shape[1]}, config)
 
     def batch_loss(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return contrastive_loss(model(text[rows], image[rows]))
@@ -511,15 +544,18 @@ def train_head(
     embedder: Embedder,
     cfg: TrainConfig = TrainConfig(),
     hparams: Mapping[str, Any] | None = None,
-    baselines: tuple[str, ...] = (),
+    baselines: tuple[str, ...] | bool = (),
     task: str = "classification",
     task_kinds: Mapping[str, str] | None = None,
     task_weights: Mapping[str, float] | None = None,
+    modalities: Sequence[str] | None = None,
 ) -> tuple[Path, TrainResult]:
     """Embeds a data file, trains one head, saves it (+ report.json, history.json) to ``out_dir/name``.
 
     ``baselines`` are strategies trained the same way on the same split only to record their
-    test figures in this head's metrics (e.g. how a fused head compares with text_only).
+    test figures in this head's metrics (e.g. how a fused head compares with text_only); True
+    means each of the head's modalities alone. ``modalities`` picks the head's inputs (default:
+    what the data carries, ``training.data.data_modalities``).
     """
     data_path = Path(data_path)
     if strategy == ALIGNMENT_STRATEGY:
@@ -527,8 +563,10 @@ def train_head(
     examples = read_examples(
         data_path, require_label=task == "classification", require_targets=task in ("regression", "multitask")
     )
-    data = embed_examples(examples, embedder, progress=cfg.progress)
+    data = embed_examples(examples, embedder, progress=cfg.progress, modalities=modalities)
     result = train_on(data, task, strategy, hparams, cfg, task_kinds, task_weights)
+    if baselines is True:
+        baselines = single_baselines(data.modalities)
     if baselines and task != "alignment":
         key = {"classification": "baselines_test_accuracy", "regression": "baselines_test_r2"}.get(
             task, "baselines_test"
@@ -553,16 +591,18 @@ def train_head(
         head_dir,
         result.model,
         strategy=result.strategy,
-        input_dims={"text": embedder.text_info.embedding_dim, "image": embedder.image_info.embedding_dim},
+        input_dims={m: array.shape[1] for m, array in data.inputs.items()},
         config=result.config,
         encoders={
-            "text": {"model_id": embedder.text_info.model_id, "revision": embedder.text_info.revision},
-            "image": {"model_id": embedder.image_info.model_id, "revision": embedder.image_info.revision},
+            m: {"model_id": info.model_id, "revision": info.revision}
+            for m in encoded(data.modalities)
+            for info in [encoder_info(embedder, m)]
         },
         outputs=result.outputs,
         missing_modality_policy=result.missing_modality_policy,
         fusion_weights=result.fusion_weights,
         metrics=metrics,
+        features=result.features,
     )
     write_report(head_dir, {**result.report, "head": name, "data": str(data_path), "split": "test"})
     (head_dir / HISTORY_FILE).write_text(json.dumps(result.history, indent=1) + "\n", encoding="utf-8")
@@ -581,7 +621,7 @@ def train_demo(
             raise FileNotFoundError(
                 f"{path} not found; generate it with python -m training.demo_data --out {data_dir}"
             )
-        baselines = BASELINES if demo.baselines else ()
+        baselines = True if demo.baselines else ()
         trained.append(
             train_head(
                 path, demo.name, demo.strategy, out_dir, embedder, cfg, baselines=baselines, task=demo.task

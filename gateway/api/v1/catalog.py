@@ -130,12 +130,19 @@ HEAD = obj(
         "format_version": INT,
         "text_model_id": STR,
         "vision_model_id": STR,
+        "audio_model_id": STR,
+        "feature_names": {**array(STR), "description": "heads reading features: the names each input gives"},
         "embedding_dim": INT,
         "metrics": {"type": "object", "description": "training metrics from the head's manifest"},
     },
     ["name", "task", "strategy", "labels"],
 )
-_MODALITY_NAMES = {common_pb2.MODALITY_TEXT: "text", common_pb2.MODALITY_IMAGE: "image"}
+_MODALITY_NAMES = {
+    common_pb2.MODALITY_TEXT: "text",
+    common_pb2.MODALITY_IMAGE: "image",
+    common_pb2.MODALITY_AUDIO: "audio",
+    common_pb2.MODALITY_FEATURES: "features",
+}
 
 
 def _metrics(text: str) -> dict:
@@ -172,6 +179,8 @@ def _head(h: fusion_pb2.HeadInfo) -> dict:
         "format_version": h.format_version,
         "text_model_id": h.text_model_id,
         "vision_model_id": h.vision_model_id,
+        "audio_model_id": h.audio_model_id,
+        "feature_names": list(h.feature_names),
         "embedding_dim": h.embedding_dim,
         "metrics": metrics,
     }

@@ -23,6 +23,7 @@ from gateway.schema import (
     Image,
     Integer,
     ListOf,
+    NumberMap,
     Object,
     String,
     Text,
@@ -287,18 +288,26 @@ def embed_image(body: dict) -> Response:
     )
 
 
+# The fields of one fused input, one per modality (fusion.proto's MultimodalInput).
+_INPUT_FIELDS = ("text", "image", "audio", "features")
+# Most features one input may carry (a head reads far fewer; fusion checks its own).
+MAX_FEATURES = 4096
+
+
 def _one_input_shorthand(raw: dict) -> dict:
-    """``{"text", "image", ...}`` is shorthand for ``{"inputs": [{"text", "image"}], ...}``."""
-    inline = raw.get("text") is not None or raw.get("image") is not None
+    """``{"text", "image", "audio", "features", ...}`` is shorthand for ``{"inputs": [{...}], ...}``."""
+    inline = any(raw.get(key) is not None for key in _INPUT_FIELDS)
     if raw.get("inputs") is not None:
         if inline:
-            raise invalid("give either 'inputs' or one input inline as 'text' and/or 'image', not both")
+            raise invalid("give either 'inputs' or one input inline (text, image, audio, features), not both")
         return raw
     if not inline:
-        raise invalid("'inputs' is required (or one input inline as 'text' and/or 'image')")
-    # Moved, not copied: the image is decoded once, as part of 'inputs'.
-    rest = {key: value for key, value in raw.items() if key not in ("text", "image")}
-    return {**rest, "inputs": [{"text": raw.get("text"), "image": raw.get("image")}]}
+        raise invalid(
+            "'inputs' is required (or one input inline as 'text', 'image', 'audio' and/or 'features')"
+        )
+    # Moved, not copied: media are decoded once, as part of 'inputs'.
+    rest = {key: value for key, value in raw.items() if key not in _INPUT_FIELDS}
+    return {**rest, "inputs": [{key: raw.get(key) for key in _INPUT_FIELDS}]}
 
 
 @dataclass(frozen=True)
@@ -331,34 +340,55 @@ class OptionalImage(Field):
         return {**IMAGE.openapi(ctx), "description": self.description}
 
 
-def _has_text_or_image(ctx: Context) -> dict[str, Any]:
-    """JSON Schema for _text_or_image: a non-blank text, an image, or both."""
-    return {
-        "anyOf": [
-            {"required": ["text"], "properties": {"text": TEXT.openapi(ctx)}},
-            {"required": ["image"], "properties": {"image": IMAGE.openapi(ctx)}},
-        ]
-    }
+@dataclass(frozen=True)
+class OptionalAudio(Field):
+    description: str = "the item's audio (optional): " + AUDIO.description
+    nullable = True
+
+    def parse(self, value: Any, where: str, ctx: Context) -> bytes | None:
+        return None if value is None else AUDIO.parse(value, where, ctx)
+
+    def openapi(self, ctx: Context) -> dict[str, Any]:
+        return {**AUDIO.openapi(ctx), "description": self.description}
 
 
-def _text_or_image(item: dict, where: str) -> None:
-    if item["text"] is None and item["image"] is None:
-        raise invalid(f"'{where}' needs a text, an image or both")
+@dataclass(frozen=True)
+class OptionalFeatures(NumberMap):
+    max_items: int = MAX_FEATURES
+    description: str = (
+        "the item's tabular features (optional), for heads that read them: every feature name the "
+        "head lists (GET /v1/heads) with a finite number, and no other"
+    )
+    nullable = True
+
+    def parse(self, value: Any, where: str, ctx: Context) -> dict[str, float] | None:
+        return None if value is None else super().parse(value, where, ctx)
+
+
+FEATURES = OptionalFeatures()
+
+
+def _has_a_modality(ctx: Context) -> dict[str, Any]:
+    """JSON Schema for _some_modality: a non-blank text, an image, audio or features (any of them)."""
+    carried = {"text": TEXT.openapi(ctx), "image": IMAGE.openapi(ctx), "audio": AUDIO.openapi(ctx)}
+    carried["features"] = FEATURES.openapi(ctx)
+    return {"anyOf": [{"required": [key], "properties": {key: schema}} for key, schema in carried.items()]}
+
+
+def _some_modality(item: dict, where: str) -> None:
+    if all(item[key] is None for key in _INPUT_FIELDS):
+        raise invalid(f"'{where}' needs a text, an image, audio or features (any of them)")
 
 
 def _inputs_or_inline(ctx: Context) -> dict[str, Any]:
     """JSON Schema for _one_input_shorthand: 'inputs', or one input inline, never both."""
+    inline_absent = {key: null_only("object" if key == "features" else "string") for key in _INPUT_FIELDS}
     return {
         "oneOf": [
-            {
-                "required": ["inputs"],
-                "properties": {
-                    "inputs": {"type": "array"}, "text": null_only("string"), "image": null_only("string"),
-                },
-            },
-            {"properties": {"inputs": null_only("array")}, **_has_text_or_image(ctx)},
+            {"required": ["inputs"], "properties": {"inputs": {"type": "array"}, **inline_absent}},
+            {"properties": {"inputs": null_only("array")}, **_has_a_modality(ctx)},
         ]
-    }  # fmt: skip
+    }
 
 
 # A small real PNG, so the documented examples are requests the API answers.
@@ -366,10 +396,10 @@ EXAMPLE_PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGO8IyfHgA0wYRUdtBIA4FYBKCgCg6AAAAAASUVORK5CYII="
 )
 MULTIMODAL_INPUT = Object(
-    {"text": OptionalText(), "image": OptionalImage()},
-    check=_text_or_image,
-    rules=_has_text_or_image,
-    description="one item: a text, an image or both",
+    {"text": OptionalText(), "image": OptionalImage(), "audio": OptionalAudio(), "features": FEATURES},
+    check=_some_modality,
+    rules=_has_a_modality,
+    description="one item: any of a text, an image, audio and features (those the head reads)",
 )
 FUSED_INPUTS = Object(
     {
@@ -377,16 +407,26 @@ FUSED_INPUTS = Object(
         "head": Text("Name of a served head (GET /v1/heads)."),
         "text": OptionalText("shorthand for one input: its text"),
         "image": OptionalImage(),
+        "audio": OptionalAudio(),
+        "features": FEATURES,
     },
     required=("head",),
     prepare=_one_input_shorthand,
     rules=_inputs_or_inline,
-    description="'inputs', or one input given inline as 'text' and/or 'image' (not both).",
+    description="'inputs', or one input given inline as 'text', 'image', 'audio' and/or 'features' (not both).",
 )
 
 
 def multimodal_inputs(body: dict) -> list[fusion_pb2.MultimodalInput]:
-    return [fusion_pb2.MultimodalInput(text=item["text"], image=item["image"]) for item in body["inputs"]]
+    inputs = []
+    for item in body["inputs"]:
+        features = fusion_pb2.Features(values=item["features"]) if item["features"] is not None else None
+        inputs.append(
+            fusion_pb2.MultimodalInput(
+                text=item["text"], image=item["image"], audio=item["audio"], features=features
+            )
+        )
+    return inputs
 
 
 EMBED_FUSED = Object(
@@ -401,7 +441,7 @@ EMBED_FUSED = Object(
 
 @endpoint(
     blueprint, "POST", "/embed",
-    summary="Fused text+image embeddings through a trained head's fusion layer",
+    summary="Fused embeddings (text, image, audio, features) through a trained head's fusion layer",
     body=EMBED_FUSED, response=obj({"head": STR, "embeddings": VECTORS}, ["head", "embeddings"]),
 )  # fmt: skip
 def embed_fused(body: dict) -> Response:

@@ -31,15 +31,25 @@ def _label_scores(pairs) -> list[dict]:
 
 _SCORES = {"type": "object", "additionalProperties": NUM, "description": "probability of every class"}
 CLASS_ANSWER = obj({"label": STR, "score": NUM, "scores": _SCORES}, ["label", "score", "scores"])
+# The modalities a fused input may carry (fusion.proto's MultimodalInput fields).
+_MODALITY_NAMES = {
+    common_pb2.MODALITY_TEXT: "text",
+    common_pb2.MODALITY_IMAGE: "image",
+    common_pb2.MODALITY_AUDIO: "audio",
+    common_pb2.MODALITY_FEATURES: "features",
+}
 _COMMON = {
     "modalities": {
-        **array({"type": "string", "enum": ["text", "image"]}),
+        **array({"type": "string", "enum": list(_MODALITY_NAMES.values())}),
         "description": "the modalities this prediction rests on: those the input carries that the head reads",
     },
     "attention": {
-        **obj({"cls": NUM, "text": NUM, "image": NUM}),
-        "description": "with explain (attention heads): how the [CLS] token attends to itself, the text "
-        "and the image in the last layer; sums to 1",
+        "type": "object",
+        "properties": {"cls": NUM},
+        "required": ["cls"],
+        "additionalProperties": NUM,
+        "description": "with explain (attention heads): how the [CLS] token attends to itself and to each "
+        "modality the head fuses (text, image, audio, features) in the last layer; sums to 1",
     },
 }
 _VALUES = {
@@ -80,7 +90,6 @@ PREDICT = Object(
     description=FUSED_INPUTS.description,
     example={"inputs": [{"text": "a red circle", "image": EXAMPLE_PNG}], "head": "match"},
 )
-_MODALITY_NAMES = {common_pb2.MODALITY_TEXT: "text", common_pb2.MODALITY_IMAGE: "image"}
 
 
 def _class_answers(predictions) -> list[dict]:
@@ -93,6 +102,14 @@ def _class_answers(predictions) -> list[dict]:
     ]
 
 
+_ATTENTION_ORDER = ("cls", *_MODALITY_NAMES.values())
+
+
+def _cls_first(item: tuple[str, float]) -> int:
+    """[CLS], then the modalities in fusion order."""
+    return _ATTENTION_ORDER.index(item[0]) if item[0] in _ATTENTION_ORDER else len(_ATTENTION_ORDER)
+
+
 def _prediction(p: fusion_pb2.Prediction, answer: dict | None) -> dict:
     out: dict = dict(answer) if answer is not None else {}
     if answer is None:
@@ -101,18 +118,20 @@ def _prediction(p: fusion_pb2.Prediction, answer: dict | None) -> dict:
         out["tasks"] = {name: _class_answers([task])[0] for name, task in p.tasks.items()}
     out["modalities"] = [_MODALITY_NAMES.get(m, "unspecified") for m in p.modalities]
     if p.attention:
-        out["attention"] = {key: _short(p.attention[key]) for key in ("cls", "text", "image")}
+        out["attention"] = {key: _short(value) for key, value in sorted(p.attention.items(), key=_cls_first)}
     return out
 
 
 @endpoint(
     blueprint, "POST", "/predict",
-    summary="A trained head's decision for text and/or image inputs",
+    summary="A trained head's decision for inputs of text, image, audio and/or features",
     description="One prediction per input, shaped by the head's task (GET /v1/heads): a classification "
     "head gives the best label, its calibrated probability and every class's probability; a regression head "
     "gives `values`, one number per target in the target's units; a multi-task head gives `tasks` (each "
     "classification task's answer) and `values` (each regression task's). Every prediction lists the "
-    "`modalities` it rests on. A head whose missing-modality policy is `refuse` answers an input lacking "
+    "`modalities` it rests on. Each input carries any of `text`, `image`, `audio` (base64) and `features` "
+    "(name -> number: every feature the head lists, no other); the head reads those it was trained on. "
+    "A head whose missing-modality policy is `refuse` answers an input lacking "
     "one of its modalities with 400 naming the input and the modality. `explain: true` (attention heads "
     "only) adds each input's attention weights.",
     body=PREDICT, response=obj({"head": STR, "predictions": array(PREDICTION)}, ["head", "predictions"]),

@@ -223,6 +223,8 @@ not repeat these names (the template fails instead of emitting duplicates).
   value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "text") | quote }}
 {{ $p }}VISION_ADDRESS:
   value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "vision") | quote }}
+{{ $p }}AUDIO_ADDRESS:
+  value: {{ include "mmserve.grpcTarget" (dict "root" $root "component" "audio") | quote }}
 {{ $p }}HEADS_DIR:
   value: {{ $values.heads.mountPath | quote }}
 {{- end }}
