@@ -31,6 +31,7 @@ from services.common.settings import env_names
 TARGETS = {
     "MMSERVE_FUSION_TEXT_ADDRESS": "text",
     "MMSERVE_FUSION_VISION_ADDRESS": "vision",
+    "MMSERVE_FUSION_AUDIO_ADDRESS": "audio",
     "MMSERVE_GATEWAY_FUSION_ADDRESS": "fusion",
     "MMSERVE_GATEWAY_TEXT_ADDRESS": "text",
     "MMSERVE_GATEWAY_VISION_ADDRESS": "vision",
