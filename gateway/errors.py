@@ -122,6 +122,10 @@ def from_rpc_error(error: grpc.RpcError, service: str) -> ApiError:
     """A backend's failure with its own status code; transport failures get a message a caller can act on."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else ""
+    if code == grpc.StatusCode.CANCELLED:
+        # The gateway never cancels a call whose answer it still awaits, so the backend did: it
+        # was shutting down as the call arrived. For the HTTP client that is a 503 to retry.
+        code = grpc.StatusCode.UNAVAILABLE
     if code == grpc.StatusCode.UNAVAILABLE:
         details = f"the {service} service is unavailable; retry later"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:

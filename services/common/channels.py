@@ -2,7 +2,8 @@
 
 Targets like ``dns:///text-headless:50051`` resolve to every pod behind a headless Service;
 the ``round_robin`` policy then spreads calls over them per call, not per connection.
-UNAVAILABLE is retried once with a short backoff by gRPC itself (service-config retry policy),
+UNAVAILABLE (and CANCELLED, what a server shutting down answers a call that arrives as it stops)
+is retried once with a short backoff by gRPC itself (service-config retry policy),
 which is safe because every mmserve RPC is idempotent.
 """
 
@@ -33,7 +34,9 @@ def _service_config(retry_backoff_ms: float) -> str:
                         "initialBackoff": f"{backoff_s:.3f}s",
                         "maxBackoff": f"{backoff_s * 4:.3f}s",
                         "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
+                        # CANCELLED: a server shutting down cancels calls that arrive as it
+                        # stops; another replica (or the restarted one) can take them.
+                        "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                     },
                 }
             ],

@@ -135,7 +135,8 @@ def test_the_head_serves_over_http_and_refuses_bad_features(
         error = json.loads(refused.body)["error"]
         assert refused.status == 400 and error["status"] == "INVALID_ARGUMENT", refused.body
         assert message in error["message"], error
-    # NaN is no JSON number, but Python's json reads it: sent raw, it is refused by name.
+    # NaN is no JSON number: the gateway refuses it as JSON. Over gRPC (a double may be NaN) the
+    # fusion service refuses it by name.
     request = urllib.request.Request(
         url, data=b'{"head": "alert", "features": {"pressure": NaN, "noise": 0}}',
         headers={"Content-Type": "application/json"},
@@ -145,7 +146,17 @@ def test_the_head_serves_over_http_and_refuses_bad_features(
         raise AssertionError("NaN was accepted")
     except urllib.error.HTTPError as error:
         body = json.loads(error.read())
-        assert error.code == 400 and "features.pressure" in body["error"]["message"], body
+        assert error.code == 400 and "not valid JSON" in body["error"]["message"], body
+    features = fusion_pb2.Features(values={"pressure": float("nan"), "noise": 0.0})
+    with grpc.insecure_channel(fusion_service.address) as channel, pytest.raises(grpc.RpcError) as refused:
+        fusion_pb2_grpc.FusionServiceStub(channel).Predict(
+            fusion_pb2.PredictRequest(
+                head=HEAD, inputs=[fusion_pb2.MultimodalInput(text="urgent", features=features)]
+            ),
+            timeout=30,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pressure" in refused.value.details(), refused.value.details()
 
 
 @pytest.mark.parametrize("audio_address", ["", "unreachable"])

@@ -82,10 +82,13 @@ def test_rpc_errors_become_api_errors_with_their_status(code: grpc.StatusCode) -
             return "what the backend said"
 
     error = from_rpc_error(Failure(), "text")
-    assert (error.http_status, error.status_name) == (HTTP_STATUS[code], code.name)
-    assert error.body()["error"]["code"] == HTTP_STATUS[code]
+    # A backend's CANCELLED is its shutdown refusing the call (the gateway cancels nothing it
+    # awaits): the caller gets the 503 to retry, not 499 (a client that went away).
+    answered = grpc.StatusCode.UNAVAILABLE if code is grpc.StatusCode.CANCELLED else code
+    assert (error.http_status, error.status_name) == (HTTP_STATUS[answered], answered.name)
+    assert error.body()["error"]["code"] == HTTP_STATUS[answered]
     assert ("Retry-After" in error.headers) == (
-        code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+        answered in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
     )
 
 
