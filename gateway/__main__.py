@@ -15,6 +15,7 @@ from gunicorn.app.base import BaseApplication
 
 from gateway.auth import parse_api_keys
 from gateway.model_names import parse_aliases
+from gateway.worker import HeadTimeoutWorker, QuietStalledClients
 from services.common.logs import JsonFormatter, configure_logging
 from services.common.settings import GatewaySettings, load_settings
 
@@ -26,11 +27,13 @@ class GatewayServer(BaseApplication):
 
     def load_config(self) -> None:
         s = self._settings
+        HeadTimeoutWorker.read_timeout_s = s.body_read_timeout_s  # inherited by the forked workers
         for key, value in {
             "bind": f"{s.host}:{s.port}",
             "workers": s.workers,
             "threads": s.threads,
-            "worker_class": "gthread",
+            # gthread, with the request head's reads bounded like the body's (gateway/worker.py).
+            "worker_class": "gateway.worker.HeadTimeoutWorker",
             "graceful_timeout": 10,
             "timeout": int(s.deadline_s) + 30,
             "keepalive": 30,
@@ -57,7 +60,8 @@ def _json_logging(level: str) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter, "service": "gateway"}},
-        "handlers": {"stderr": handler},
+        "filters": {"stalled": {"()": QuietStalledClients}},
+        "handlers": {"stderr": {**handler, "filters": ["stalled"]}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {"gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False}},
     }

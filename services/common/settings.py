@@ -301,8 +301,9 @@ class GatewaySettings:
     deadline_s: float = option(10.0, "Deadline of each upstream gRPC call.")
     body_read_timeout_s: float = option(
         10.0,
-        "Most time a request body may take to arrive (and longest silence within it); a slower client "
-        "gets 408 and its connection is closed, so stalled uploads can't hold the worker threads.",
+        "Most time a request body may take to arrive (and longest silence within it, the request line "
+        "and headers included); a slower client gets 408 (or, mid-headers, a closed connection), so "
+        "stalled clients can't hold the worker threads.",
     )
     retry_backoff_ms: float = option(
         50.0, "Wait before the one retry of an idempotent call that got UNAVAILABLE."

@@ -70,3 +70,35 @@ def test_stalled_uploads_get_408_and_others_are_still_served(tmp_path: Path) -> 
         assert time.monotonic() - opened < budget_s
     finally:
         assert gateway.stop() == 0, gateway.log_tail()
+
+
+def stalled_head(port: int) -> socket.socket:
+    """Sends half a request line and header, then nothing more."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    sock.sendall(b"POST /v1/embed/text HTTP/1.1\r\nHost: gatew")
+    return sock
+
+
+def test_stalled_request_heads_are_dropped_and_others_are_still_served(tmp_path: Path) -> None:
+    gateway = start_service(
+        "gateway",
+        args=["--workers", "1", "--threads", str(THREADS), "--body-read-timeout-s", str(BODY_READ_TIMEOUT_S),
+              *DEAD_BACKENDS],
+        log_dir=tmp_path,
+    )  # fmt: skip
+    try:
+        budget_s = (STALLED // THREADS + 1) * BODY_READ_TIMEOUT_S + 3
+        opened = time.monotonic()
+        stalled = [stalled_head(gateway.port) for _ in range(STALLED)]
+        with urllib.request.urlopen(gateway.url + "/healthz", timeout=budget_s) as response:
+            assert response.status == 200
+        assert time.monotonic() - opened < budget_s  # the threads came back in turns of one timeout
+        for sock in stalled:
+            assert read_until_closed(sock) == b""  # dropped: no request arrived to answer
+            sock.close()
+        # gunicorn's accept loop closes the dropped connections at its own pace (about 2 s each).
+        assert time.monotonic() - opened < budget_s + 2 * STALLED
+    finally:
+        assert gateway.stop() == 0, gateway.log_tail()
+    log = gateway.log_path.read_text()
+    assert "a client stalled while sending its request" in log and "Traceback" not in log, gateway.log_tail()
