@@ -351,6 +351,11 @@ def _head_model(head: fusion_pb2.HeadInfo) -> Model:
     )
 
 
+# Served models change on deploys and head reloads, seconds apart, never per request: the front
+# ends keep the catalogue this long instead of asking every backend before every inference.
+CATALOGUE_TTL_S = 2.0
+
+
 def catalogue(
     text: common_pb2.ModelInfo | None,
     vision: common_pb2.ModelInfo | None,

@@ -13,6 +13,7 @@ Inputs come as ``contents.bytes_contents`` or ``raw_input_contents``; outputs al
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -46,6 +47,8 @@ class InferenceProtocolService(pb_grpc.GRPCInferenceServiceServicer):
         self._heads = heads
         self._clients = clients
         self._stubs: dict[str, Any] = {}
+        self._catalogue: dict[str, oip.Model] = {}  # kept oip.CATALOGUE_TTL_S, as the gateway does
+        self._fresh_until = 0.0
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
@@ -81,19 +84,32 @@ class InferenceProtocolService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> tuple[dict[str, oip.Model], list[Exception]]:
         """Every model served now; an encoder that does not answer leaves its models out."""
         info = common_pb2.GetModelInfoRequest()
+        services = ("text", "vision")
+        answers = await asyncio.gather(
+            *(self._call(service, "GetModelInfo", info, context) for service in services),
+            return_exceptions=True,
+        )
         replies: dict[str, Any] = {}
         failures: list[Exception] = []
-        for service in ("text", "vision"):
-            try:
-                replies[service] = await self._call(service, "GetModelInfo", info, context)
-            except UpstreamError as error:
-                failures.append(error)
+        for service, answer in zip(services, answers, strict=True):
+            if isinstance(answer, UpstreamError):
+                failures.append(answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                replies[service] = answer
         heads = await self._heads.ListHeads(fusion_pb2.ListHeadsRequest(), context)
         return oip.catalogue(replies.get("text"), replies.get("vision"), heads.heads), failures
 
     async def _model(self, name: str, version: str, context: grpc.aio.ServicerContext) -> oip.Model:
-        models, failures = await self._models(context)
-        model = oip.find(models, name, failures)
+        """The named model from the kept catalogue; asked afresh when it is old or lacks the name
+        (a head added a moment ago is found at once). A partial view is used once, never kept."""
+        model = self._catalogue.get(name) if time.monotonic() < self._fresh_until else None
+        if model is None:
+            models, failures = await self._models(context)
+            if not failures:
+                self._catalogue, self._fresh_until = models, time.monotonic() + oip.CATALOGUE_TTL_S
+            model = oip.find(models, name, failures)
         model.check_version(version)
         return model
 

@@ -143,13 +143,8 @@ def server_metadata() -> Response:
     )
 
 
-# Served models change on deploys and head reloads, seconds apart, never per request: a worker
-# keeps the catalogue this long instead of asking three services before every inference.
-CATALOGUE_TTL_S = 2.0
-
-
 class _Catalogue:
-    """This worker's view of the served models, refreshed when older than CATALOGUE_TTL_S or
+    """This worker's view of the served models, refreshed when older than oip.CATALOGUE_TTL_S or
     when a name is not in it (a head added a moment ago is found at once)."""
 
     def __init__(self) -> None:
@@ -165,7 +160,7 @@ class _Catalogue:
         models, failures = _ask_backends()
         if not failures:  # a partial view is used once, never kept
             with self._lock:
-                self._models, self._fresh_until = models, time.monotonic() + CATALOGUE_TTL_S
+                self._models, self._fresh_until = models, time.monotonic() + oip.CATALOGUE_TTL_S
         return oip.find(models, name, failures)
 
 
