@@ -46,6 +46,7 @@ class ServedModels:
         self._infos: dict[str, common_pb2.ModelInfo] = {}
         self._next_ask = 0.0
         self._next_refresh = 0.0
+        self._embedding_models: dict[str, str] = {}  # rebuilt when an answer arrives, read per request
         self._lock = threading.Lock()
 
     def embedding_models(self, ask_now: bool = False) -> dict[str, str]:
@@ -55,11 +56,7 @@ class ServedModels:
             self._ask(list(ENCODERS))
         else:
             self._refresh()
-        return {
-            info.model_id: common_pb2.Modality.Name(info.modality).removeprefix("MODALITY_").lower()
-            for info in list(self._infos.values())
-            if info.embedding_dim > 0
-        }
+        return self._embedding_models
 
     def smallest_width(self) -> int | None:
         """The smallest embedding width served (None: no encoder has answered yet)."""
@@ -104,6 +101,11 @@ class ServedModels:
                     self._infos[name] = call.result()
                 except ApiError:  # down or slow: the last answer stands, asked again later
                     continue
+            self._embedding_models = {
+                info.model_id: common_pb2.Modality.Name(info.modality).removeprefix("MODALITY_").lower()
+                for info in self._infos.values()
+                if info.embedding_dim > 0
+            }
         finally:
             self._lock.release()
 

@@ -86,12 +86,16 @@ class AllowedClientsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, allowed: frozenset[str]) -> None:
         self._allowed = allowed
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # one checked handler per method
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        cached = self._wrapped.get(details.method)
+        if cached is not None:
+            return cached
         handler = await continuation(details)
         service = details.method.lstrip("/").rpartition("/")[0]
         if handler is None or service in OPEN_SERVICES or handler.unary_unary is None:
@@ -104,8 +108,10 @@ class AllowedClientsInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "client certificate not allowed")
             return await behavior(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped = grpc.unary_unary_rpc_method_handler(
             checked,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[details.method] = wrapped
+        return wrapped

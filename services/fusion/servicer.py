@@ -42,12 +42,9 @@ from services.fusion.similarity import NATIVE_LOGIT_SCALE, cosine_matrix, native
 # CLIP's zero-shot prompt: labels alone embed worse than a caption-like sentence.
 ZERO_SHOT_PROMPT = "a photo of a {}."
 
-# Texts per call to the text encoder: its own per-request limit (ModelInfo does not carry it), so
-# Similarity's texts plus up to max_candidate_labels prompts go out in calls it accepts.
-TEXT_ITEMS_PER_CALL = TextSettings.max_items_per_request
-
 # Items per call to each encoder: its own default per-request limit (ModelInfo does not carry it);
-# a request's items of one modality go out in calls of at most this many, concurrently.
+# a request's items of one modality (Similarity's texts plus its label prompts too) go out in
+# calls of at most this many, concurrently.
 ITEMS_PER_CALL = {
     "text": TextSettings.max_items_per_request,
     "image": VisionSettings.max_items_per_request,
@@ -294,7 +291,7 @@ class FusionService(fusion_pb2_grpc.FusionServiceServicer):
         results = await gather_or_fail_fast(
             {
                 "text": embed_in_chunks(
-                    self._clients.embed_texts, texts + prompts, TEXT_ITEMS_PER_CALL, deadline
+                    self._clients.embed_texts, texts + prompts, ITEMS_PER_CALL["text"], deadline
                 ),
                 "image": self._clients.embed_images(images, deadline),
             }
