@@ -17,11 +17,13 @@ from bench.gateway import payloads, run_http_load
 from bench.load import LoadResult, print_table
 from scripts.stack import ServiceProcess, start_service
 
-# name -> environment of every service process.
+# name -> environment of every service process. "lanes": forward passes at once per encoder,
+# each on cpus / lanes intra-op threads (services/common/batcher.py).
+_ONE_FORWARD = {"MMSERVE_TEXT_FORWARD_LANES": "1", "MMSERVE_VISION_FORWARD_LANES": "1"}
 SETUPS: dict[str, dict[str, str | None]] = {
-    "spin (OpenMP default)": {"OMP_WAIT_POLICY": None},  # None: unset
-    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "short spin (GOMP_SPINCOUNT=10000)": {"GOMP_SPINCOUNT": "10000"},
+    "1 lane x 2 threads, spin (OpenMP default)": {"OMP_WAIT_POLICY": None, **_ONE_FORWARD},  # None: unset
+    "1 lane x 2 threads, passive": {"OMP_WAIT_POLICY": "PASSIVE", **_ONE_FORWARD},
+    "2 lanes x 1 thread (default)": {"OMP_WAIT_POLICY": "PASSIVE"},
 }
 TEXT_ROUTE, IMAGE_ROUTE = "/v1/embed/text", "/v1/embed/image"
 

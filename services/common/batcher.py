@@ -5,10 +5,16 @@ takes whatever is queued at once, so a lone request never waits; batches form fr
 arrived while the previous forward pass ran. ``max_wait_ms`` optionally holds an idle worker
 a little longer for a fuller batch.
 
-The forward pass runs on a dedicated worker thread, never on the event loop, so the server
-keeps accepting and answering (health included) while the model computes. A failing batch
-fails only its own requests; the loop carries on. Requests whose deadline passed or whose
-caller went away are dropped before the forward pass.
+The forward pass runs on a worker thread, never on the event loop, so the server keeps
+accepting and answering (health included) while the model computes. With ``lanes`` > 1, that
+many forward passes run at once, each on its own thread: on CPU, one single-threaded forward per
+core does 20-30 % more items per CPU second than one forward spread over every core (no OpenMP
+barrier after each op, no threads sleeping and waking between ops), and a lane that another
+process preempts stalls only its own batch. A free lane takes what is queued, so batches still
+grow with the load.
+
+A failing batch fails only its own requests; the loop carries on. Requests whose deadline
+passed or whose caller went away are dropped before the forward pass.
 """
 
 from __future__ import annotations
@@ -63,9 +69,12 @@ class DynamicBatcher(Generic[ItemT, OutT]):
         max_queue_size: int = 1024,
         cost: Callable[[ItemT], int] | None = None,
         max_batch_cost: int | None = None,
+        lanes: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if lanes < 1:
+            raise ValueError("lanes must be >= 1")
         self._process = process
         self._task = task
         self._max_batch_size = max_batch_size
@@ -78,7 +87,9 @@ class DynamicBatcher(Generic[ItemT, OutT]):
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{task}-forward")
+        self._lanes = lanes
+        self._running: set[asyncio.Task] = set()  # one per busy lane
+        self._executor = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix=f"{task}-forward")
         labels = {"model": model, "task": task}
         self._batch_size = metrics.batch_size.labels(**labels)
         self._queue_wait = metrics.queue_wait_seconds.labels(**labels)
@@ -169,17 +180,25 @@ class DynamicBatcher(Generic[ItemT, OutT]):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pending:
-                if self._closing:
-                    return
+            if not self._pending or len(self._running) == self._lanes:
+                if self._closing and not self._pending:
+                    break
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                await self._wakeup.wait()  # new work, or a lane came free
                 continue
             if self._max_wait_s > 0:
                 await self._wait_for_fuller_batch(loop)
             batch = self._take_batch(loop.time())
             if batch:
-                await self._run_batch(loop, batch)
+                lane = loop.create_task(self._run_batch(loop, batch))
+                self._running.add(lane)
+                lane.add_done_callback(self._lane_done)
+        if self._running:
+            await asyncio.wait(self._running)
+
+    def _lane_done(self, lane: asyncio.Task) -> None:
+        self._running.discard(lane)
+        self._wakeup.set()
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         started = loop.time()

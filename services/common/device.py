@@ -6,6 +6,7 @@ gateway image, and only model processes call these.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from services.common.cpu_budget import available_cpus
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -35,11 +37,29 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def configure_threads(torch_threads: int) -> int:
-    """Sets torch's intra-op threads: ``torch_threads``, or with 0 the CPUs this process may
-    really use (its cgroup quota and affinity, not the node's core count). Returns the count."""
+def forward_lanes(requested: int, device: str = "auto") -> int:
+    """How many forward passes a model runs at once: ``requested``, or with 0 one per CPU this
+    process may use on CPU (each single-threaded: more items per CPU second than one forward on
+    every core, see services/common/batcher.py) and one on a GPU, which batches better than it
+    overlaps."""
+    if requested > 0:
+        return requested
+    if device != "cpu" and resolve_device(device)[0].type == "cuda":
+        return 1
+    return available_cpus()
+
+
+def configure_threads(torch_threads: int, lanes: int = 1) -> int:
+    """Sets torch's intra-op threads of each forward pass: ``torch_threads``, or with 0 the CPUs
+    this process may really use (its cgroup quota and affinity, not the node's core count) shared
+    among ``lanes`` concurrent forward passes. Returns the count."""
     import torch
 
-    threads = torch_threads if torch_threads > 0 else available_cpus()
+    threads = torch_threads if torch_threads > 0 else max(1, available_cpus() // lanes)
     torch.set_num_threads(threads)
+    if lanes > 1:
+        # Forward lanes run Python between torch ops and hand the GIL over only every switch
+        # interval; at the default 5 ms the event loop, waiting behind two of them, fell so far
+        # behind that calls queued in gRPC went unserved (and were cancelled at shutdown).
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return threads

@@ -17,6 +17,7 @@ import grpc
 from mmserve.v1 import common_pb2
 from services.common.backend import ModelBackend, ModelDescription
 from services.common.batcher import DynamicBatcher
+from services.common.device import forward_lanes
 from services.common.errors import InvalidInput, NotReady
 from services.common.metrics import ServiceMetrics
 from services.common.settings import EncoderSettings
@@ -66,6 +67,7 @@ class EncoderService:
         self._backends = dict(backends)
         self._main_task = next(iter(self._backends))
         self._max_batch_cost = max_batch_cost or None
+        self._lanes = forward_lanes(settings.forward_lanes, settings.device)
         self._batchers: dict[str, DynamicBatcher] = {}
         self._descriptions: dict[str, ModelDescription] = {}
 
@@ -93,6 +95,7 @@ class EncoderService:
             max_queue_size=s.max_queue_size,
             cost=backend.item_cost,
             max_batch_cost=self._max_batch_cost,
+            lanes=self._lanes if getattr(backend, "parallel_forward", False) else 1,
         )
 
     async def warm_up(self, descriptions: Mapping[str, ModelDescription]) -> None:

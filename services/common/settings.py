@@ -73,7 +73,14 @@ class EncoderSettings(ServerSettings):
     device: str = option("auto", "auto, cpu, cuda or cuda:N; auto picks CUDA when available.")
     dtype: str = option("auto", "auto, float32, float16 or bfloat16; auto is float16 on CUDA.")
     torch_threads: int = option(
-        0, "Intra-op CPU threads for torch; 0: the CPUs this process may use (cgroup quota, affinity)."
+        0,
+        "Intra-op CPU threads of each forward pass; 0: the CPUs this process may use (cgroup quota, "
+        "affinity) shared among the forward lanes.",
+    )
+    forward_lanes: int = option(
+        0,
+        "Forward passes each model runs at once, one thread each; 0: one per CPU this process may "
+        "use on CPU, one on a GPU. 1 gives one forward spread over torch_threads threads.",
     )
     max_batch_size: int = option(32, "Most items in one forward pass.")
     max_wait_ms: float = option(0.0, "Extra wait for a fuller batch when the model is idle.")

@@ -17,11 +17,14 @@ from services.common.device import dtype_name, resolve_device
 from services.common.model_source import model_revision
 from services.text.embedding import estimated_tokens
 from services.text.labels import checked_labels
+from services.text.tokenizers import TokenizerPool
 
 LabelScores = list[tuple[str, float]]
 
 
 class TextClassifier:
+    parallel_forward = True  # torch inference holds no per-call state; each pass borrows its own tokenizer
+
     def __init__(self, model: str, revision: str = "", device: str = "auto", dtype: str = "auto") -> None:
         if not model:
             raise ValueError("a text classifier needs a model directory or hub id")
@@ -35,7 +38,7 @@ class TextClassifier:
 
         kwargs = {"revision": self._revision} if self._revision else {}
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self._source, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(self._source, **kwargs)
             model = AutoModelForSequenceClassification.from_pretrained(
                 self._source, use_safetensors=True, **kwargs
             )
@@ -44,7 +47,8 @@ class TextClassifier:
         self._labels = checked_labels(model.config, self._source)
         self._multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
         self._model = model.to(self._device, self._dtype).eval()
-        limits = [self._tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
+        self._tokenizers = TokenizerPool(tokenizer)
+        limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
         self._max_length = int(min(x for x in limits if x and x < 1_000_000))
         return ModelDescription(
             model_id=self._source,
@@ -60,13 +64,14 @@ class TextClassifier:
         return estimated_tokens(item[0], self._max_length)
 
     def process(self, items: Sequence[tuple[str, int]]) -> list[LabelScores]:
-        encoded = self._tokenizer(
-            [text for text, _ in items],
-            padding=True,
-            truncation=True,
-            max_length=self._max_length,
-            return_tensors="pt",
-        )
+        with self._tokenizers.borrowed() as tokenizer:
+            encoded = tokenizer(
+                [text for text, _ in items],
+                padding=True,
+                truncation=True,
+                max_length=self._max_length,
+                return_tensors="pt",
+            )
         with torch.inference_mode():
             logits = self._model(**{k: v.to(self._device) for k, v in encoded.items()}).logits.float()
             scores = torch.sigmoid(logits) if self._multi_label else torch.softmax(logits, dim=-1)

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from services.common.backend import ModelDescription
 from services.common.device import dtype_name, resolve_device
 from services.common.model_source import model_revision
+from services.text.tokenizers import TokenizerPool
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ def estimated_tokens(text: str, limit: int) -> int:
 class TextEmbedder:
     """A text encoder as a ModelBackend: ``process`` embeds a batch in one forward pass."""
 
+    parallel_forward = True  # torch inference holds no per-call state; each pass borrows its own tokenizer
+
     def __init__(
         self,
         model: str = "",
@@ -87,7 +90,8 @@ class TextEmbedder:
     def load(self) -> ModelDescription:
         kwargs = {"revision": self._revision} if self._revision else {}
         config = AutoConfig.from_pretrained(self._source, **kwargs)
-        self._tokenizer = AutoTokenizer.from_pretrained(self._source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(self._source, **kwargs)
+        self._tokenizers = TokenizerPool(tokenizer)
         if config.model_type in ("clip", "clip_text_model"):
             from transformers import CLIPTextModelWithProjection
 
@@ -103,7 +107,7 @@ class TextEmbedder:
         else:
             model = AutoModel.from_pretrained(self._source, **kwargs)
             dim = int(model.config.hidden_size)
-            limit = _max_length(self._source, self._tokenizer, config)
+            limit = _max_length(self._source, tokenizer, config)
         self._model = model.to(self._device, self._dtype).eval()
         self._max_length = limit
         return ModelDescription(
@@ -120,11 +124,12 @@ class TextEmbedder:
         return estimated_tokens(text, self._max_length)
 
     def process(self, texts: Sequence[str]) -> EmbeddingBatch:
-        encoded = self._tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
-        )
-        mask = encoded["attention_mask"]
-        token_counts = mask.sum(dim=1).to(torch.int32).numpy()
+        with self._tokenizers.borrowed() as tokenizer:
+            encoded = tokenizer(
+                list(texts), padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
+            )
+            token_counts = encoded["attention_mask"].sum(dim=1).to(torch.int32).numpy()
+            truncated = self._truncated(tokenizer, texts, token_counts)
         with torch.inference_mode():
             inputs = {k: v.to(self._device) for k, v in encoded.items()}
             if self._is_clip:
@@ -133,7 +138,7 @@ class TextEmbedder:
                 hidden = self._model(**inputs).last_hidden_state
                 pooled = self._pool(hidden, inputs["attention_mask"])
             vectors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1).cpu().numpy()
-        return EmbeddingBatch(vectors, token_counts, self._truncated(texts, token_counts))
+        return EmbeddingBatch(vectors, token_counts, truncated)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self._pooling == "cls":
@@ -141,10 +146,10 @@ class TextEmbedder:
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
-    def _truncated(self, texts: Sequence[str], token_counts: np.ndarray) -> np.ndarray:
+    def _truncated(self, tokenizer, texts: Sequence[str], token_counts: np.ndarray) -> np.ndarray:
         # Only a text that filled the whole window can have been cut; re-count just those.
         flags = np.zeros(len(texts), dtype=bool)
         for index in np.flatnonzero(token_counts >= self._max_length):
-            full = self._tokenizer(texts[index], truncation=False, verbose=False)["input_ids"]
+            full = tokenizer(texts[index], truncation=False, verbose=False)["input_ids"]
             flags[index] = len(full) > self._max_length
         return flags

@@ -50,6 +50,8 @@ class VisionModel(Protocol):
 class ImageEmbedding:
     """ModelBackend: preprocessed images (3, H, W) -> embedding rows."""
 
+    parallel_forward = True  # torch inference holds no per-call state
+
     def __init__(self, model: VisionModel) -> None:
         self.model = model
 
@@ -65,6 +67,8 @@ class ImageEmbedding:
 
 class ImageClassification:
     """ModelBackend: (preprocessed image, top_k) -> that image's top_k labels with scores."""
+
+    parallel_forward = True  # torch inference holds no per-call state
 
     def __init__(self, model: VisionModel) -> None:
         self.model = model

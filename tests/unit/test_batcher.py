@@ -172,3 +172,64 @@ async def test_stop_drains_queue_then_refuses_new_work() -> None:
     assert [list(await t) for t in tasks] == [[2 * i] for i in range(5)]
     with pytest.raises(NotReady):
         await batcher.submit([1])
+
+
+class LaneRecorder:
+    """Records how many forward passes run at once; each pass holds for ``hold_s``."""
+
+    def __init__(self, hold_s: float = 0.1) -> None:
+        self.hold_s = hold_s
+        self.running = self.most_at_once = 0
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            self.threads.add(threading.current_thread().name)
+        time.sleep(self.hold_s)
+        with self._lock:
+            self.running -= 1
+        return [2 * x for x in items]
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+async def test_lanes_bound_the_forward_passes_running_at_once(lanes: int) -> None:
+    model = LaneRecorder()
+    batcher = make_batcher(model, max_batch_size=1, lanes=lanes)
+    batcher.start()
+    results = await asyncio.gather(*(batcher.submit([i]) for i in range(6)))
+    await batcher.stop()
+    assert [list(r) for r in results] == [[2 * i] for i in range(6)]
+    assert model.most_at_once == lanes, "free lanes take queued work at once; never more than lanes"
+    assert len(model.threads) == lanes
+
+
+async def test_a_free_lane_takes_everything_queued_while_the_others_run() -> None:
+    model = GatedModel()
+    batcher = make_batcher(model, lanes=2)
+    batcher.start()
+    model.release.clear()
+    first = []
+    for i in range(2):
+        first.append(asyncio.create_task(batcher.submit([i])))
+        await asyncio.sleep(0.05)  # lane i now holds a single-item pass
+    rest = [asyncio.create_task(batcher.submit([i])) for i in range(2, 8)]
+    await asyncio.sleep(0.05)
+    model.release.set()
+    await asyncio.gather(*first, *rest)
+    await batcher.stop()
+    assert sorted(model.batches[:2]) == [[0], [1]]
+    assert model.batches[2:] == [list(range(2, 8))], "the first free lane takes everything queued"
+
+
+async def test_stop_waits_for_every_running_lane() -> None:
+    model = LaneRecorder(hold_s=0.2)
+    batcher = make_batcher(model, max_batch_size=1, lanes=2)
+    batcher.start()
+    pending = [asyncio.create_task(batcher.submit([i])) for i in range(3)]
+    await asyncio.sleep(0.05)
+    await batcher.stop()
+    assert all(task.done() and not task.exception() for task in pending)
+    assert model.running == 0

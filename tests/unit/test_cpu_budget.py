@@ -39,3 +39,19 @@ def test_available_cpus_is_the_smaller_of_quota_and_affinity(tmp_path: Path) -> 
 def test_unreadable_quota_falls_back_to_the_affinity_mask(tmp_path: Path, content: str) -> None:
     (tmp_path / "cpu.max").write_text(content)
     assert available_cpus(tmp_path) == len(os.sched_getaffinity(0))
+
+
+def test_forward_lanes_default_to_one_per_cpu_and_share_the_threads() -> None:
+    from services.common.device import configure_threads, forward_lanes
+
+    cpus = available_cpus()
+    assert forward_lanes(0, "cpu") == cpus
+    assert forward_lanes(3, "cpu") == 3
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(0, lanes=cpus) == 1 == torch.get_num_threads()
+        assert configure_threads(0, lanes=1) == cpus == torch.get_num_threads()
+        assert configure_threads(3, lanes=cpus) == 3
+    finally:
+        torch.set_num_threads(before)
