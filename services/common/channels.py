@@ -17,8 +17,14 @@ import grpc
 
 from services.common import tracing
 from services.common.call_auth import AioTokenClientInterceptor, TokenClientInterceptor, read_token
+from services.common.channel_rotation import AioRotatingChannel, RotatingChannel
 
 DNS_MIN_RERESOLUTION_MS = 5_000
+# How often a TLS client looks for rotated CA / client certificate files, and how long a channel
+# replaced by a rotation stays open for the calls still on it (longer than the gateway's and
+# fusion's default 10 s deadlines; callers with longer deadlines pass theirs).
+ROTATION_CHECK_S = 5.0
+ROTATION_GRACE_S = 60.0
 
 
 def _service_config(retry_backoff_ms: float) -> str:
@@ -52,6 +58,10 @@ class ChannelSecurity:
     component's certificate must name the Service names its clients dial. ``target_name_override``
     replaces that name for the check; only for setups that dial an address the certificate cannot
     name (it never turns the check off).
+
+    The CA and client files are looked at again at most every ``rotation_check_s``; when they
+    changed, new calls go over a channel built with the new ones (services.common.channel_rotation),
+    and the replaced channel closes ``rotation_grace_s`` later.
     """
 
     ca_file: str = ""
@@ -59,6 +69,8 @@ class ChannelSecurity:
     client_key_file: str = ""
     token_file: str = ""  # this component's caller token (services.common.call_auth)
     target_name_override: str = ""
+    rotation_check_s: float = ROTATION_CHECK_S
+    rotation_grace_s: float = ROTATION_GRACE_S
 
     @property
     def enabled(self) -> bool:
@@ -105,10 +117,12 @@ def _secure_options(security: ChannelSecurity | None, retry_backoff_ms: float) -
 def create_channel(
     target: str, security: ChannelSecurity | None = None, retry_backoff_ms: float = 50.0
 ) -> grpc.Channel:
-    """A synchronous channel (the gateway's threads)."""
+    """A synchronous channel (the gateway's threads); with TLS, one that follows rotated files."""
     options = _secure_options(security, retry_backoff_ms)
     if security is not None and security.enabled:
-        channel = grpc.secure_channel(target, security.credentials(), options=options)
+        channel = RotatingChannel(
+            lambda credentials: grpc.secure_channel(target, credentials, options=options), security, target
+        )
     else:
         channel = grpc.insecure_channel(target, options=options)
     token = security.token() if security is not None else ""
@@ -119,7 +133,8 @@ def create_channel(
 def create_aio_channel(
     target: str, security: ChannelSecurity | None = None, retry_backoff_ms: float = 50.0
 ) -> grpc.aio.Channel:
-    """An asyncio channel (the fusion service's downstream calls)."""
+    """An asyncio channel (the fusion service's downstream calls); with TLS, one that follows rotated
+    files."""
     options = _secure_options(security, retry_backoff_ms)
     token = security.token() if security is not None else ""
     interceptors = [
@@ -128,7 +143,11 @@ def create_aio_channel(
     ]
     interceptors = interceptors or None
     if security is not None and security.enabled:
-        return grpc.aio.secure_channel(
-            target, security.credentials(), options=options, interceptors=interceptors
+        return AioRotatingChannel(
+            lambda credentials: grpc.aio.secure_channel(
+                target, credentials, options=options, interceptors=interceptors
+            ),
+            security,
+            target,
         )
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -34,7 +34,7 @@ from mmserve.v1 import (
     vision_pb2_grpc,
 )
 from services.common.backend import EncoderInfo
-from services.common.channels import ChannelSecurity, create_aio_channel
+from services.common.channels import ROTATION_GRACE_S, ChannelSecurity, create_aio_channel
 from services.common.errors import NotReady, UpstreamError
 from services.common.logs import REQUEST_ID_HEADER, request_id_var
 from services.common.matrix import from_matrix
@@ -181,6 +181,8 @@ class EncoderClients:
             settings.tls_client_cert_file,
             settings.tls_client_key_file,
             settings.auth_token_file,
+            # A channel replaced by rotated TLS files stays open for the calls still on it.
+            rotation_grace_s=max(ROTATION_GRACE_S, settings.default_deadline_s),
         )
         info_request = common_pb2.GetModelInfoRequest()
         self.by_modality: dict[str, EncoderClient] = {}

@@ -215,10 +215,10 @@ def test_model_image_installs_runtime_requirements_only() -> None:
     runtime = _pins(_runtime_requirements())
     assert {"torch", "transformers", "grpcio", "grpcio-health-checking"} <= set(runtime)
     assert not {"pytest", "ruff", "grpcio-tools"} & set(runtime)
-    torch_arg = [
-        a for op, a in dockerfile_instructions(MODEL) if op == "ARG" and a.startswith("TORCH_VERSION=")
-    ]
-    assert torch_arg == [f"TORCH_VERSION={runtime['torch']}"]
+    # torch's version comes from the locks alone (no build argument can install another).
+    assert not [a for op, a in dockerfile_instructions(MODEL) if op == "ARG" and a.startswith("TORCH")]
+    for lock in ("requirements-model.lock", "requirements-model-cuda.lock"):
+        assert _pins((ROOT / lock).read_text().splitlines())["torch"] == runtime["torch"], lock
 
 
 def _imports(path: Path) -> set[str]:
@@ -276,12 +276,28 @@ def test_images_install_from_hash_locked_files(dockerfile: Path) -> None:
     installs = _pip_installs(dockerfile)
     assert installs
     for command in installs:
-        if dockerfile == MODEL and re.fullmatch(r'"(torch|onnxruntime-gpu)==\$\{\w+\}"', command):
-            continue  # the cuda variant's CUDA wheels (docs/security.md, known gaps)
         assert "--require-hashes" in command, f"{dockerfile.name}: pip install{command}"
         lock = re.search(r"-r (\S+\.lock)", command)
         assert lock and (ROOT / lock[1]).exists(), f"{dockerfile.name}: pip install{command}"
     assert not [s for s in _copy_sources(dockerfile) if s.endswith(".txt")], "images install the locks only"
+
+
+def _variant_branches(dockerfile: Path) -> dict[str, str]:
+    """The model image's ``case "${VARIANT}"`` branches: variant -> its commands."""
+    (run,) = [a for op, a in final_stage(dockerfile) if op == "RUN" and 'case "${VARIANT}"' in a]
+    body = run.split(" in ", 1)[1].split("esac")[0]
+    return {m[1]: m[2].strip() for m in re.finditer(r"(\w+)\)\s*(.*?);;", body)}
+
+
+def test_the_cuda_variant_installs_its_own_hash_lock_only() -> None:
+    branches = _variant_branches(MODEL)
+    assert set(branches) >= {"cpu", "cuda"}
+    assert "-r requirements-model.lock" in branches["cpu"]
+    cuda = branches["cuda"]
+    installs = [i.strip() for i in re.findall(r"pip install([^;&|]*)", cuda)]
+    assert installs == ["--require-hashes -r requirements-model-cuda.lock"], cuda
+    assert "uninstall" not in cuda and "==" not in cuda, "nothing in the cuda branch installs by version"
+    assert "requirements-model-cuda.lock" in _copy_sources(MODEL)
 
 
 def test_image_locks_hold_what_the_images_need_and_no_more() -> None:
@@ -291,6 +307,11 @@ def test_image_locks_hold_what_the_images_need_and_no_more() -> None:
         assert model.get(name) == version, name
     assert not {"pytest", "ruff", "grpcio-tools"} & set(model)
     assert "torch" not in gateway
+    cuda = _pins((ROOT / "requirements-model-cuda.lock").read_text().splitlines())
+    for name, version in _pins(_runtime_requirements()).items():
+        assert cuda.get("onnxruntime-gpu" if name == "onnxruntime" else name) == version, name
+    assert "onnxruntime" not in cuda, "onnxruntime and onnxruntime-gpu install the same module"
+    assert not {"pytest", "ruff", "grpcio-tools"} & set(cuda)
 
 
 def test_base_image_is_pinned_by_digest() -> None:

@@ -130,6 +130,8 @@ def test_the_gateway_runs_from_requirements_gateway_txt_in_a_fresh_venv(tmp_path
         assert done.returncode == 0 and expected in done.stdout, done.stdout + done.stderr
 
 
+# The model image's VARIANT=cuda set: PyPI's CUDA torch, its nvidia-* libraries, onnxruntime-gpu.
+CUDA_LOCK = "requirements-model-cuda.lock"
 LOCKS = {  # lock file -> the requirements file whose pins it must hold
     "requirements.lock": "requirements.txt",
     "requirements-gateway.lock": "requirements-gateway.txt",
@@ -175,6 +177,50 @@ def test_all_locks_agree_on_every_version() -> None:
     for lock in ("requirements-gateway.lock", "requirements-model.lock", "requirements-build.lock"):
         for name, version in pins(list(lock_entries(lock))).items():
             assert full.get(name) == version, f"{lock}: {name}=={version} vs requirements.lock"
+    # The CUDA variant adds what only it installs (nvidia-*, triton, onnxruntime-gpu); the rest agrees.
+    for name, version in pins(list(lock_entries(CUDA_LOCK))).items():
+        assert full.get(name, version) == version, f"{CUDA_LOCK}: {name}=={version} vs requirements.lock"
+
+
+def test_every_line_of_the_cuda_model_lock_is_an_exact_pin_with_a_sha256() -> None:
+    text = (ROOT / CUDA_LOCK).read_text()
+    entries = [
+        e.strip() for e in text.replace("\\\n", " ").splitlines() if e.strip() and not e.startswith("#")
+    ]
+    assert entries
+    for entry in entries:
+        requirement, *options = entry.split()
+        assert re.fullmatch(r"[a-z0-9-]+==[^=\s+]+", requirement), f"{CUDA_LOCK}: not an exact pin: {entry}"
+        assert options and all(re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", o) for o in options), entry
+    assert len(lock_entries(CUDA_LOCK)) == len(entries)
+
+
+def test_the_cuda_model_lock_is_the_model_set_with_cuda_torch_and_onnxruntime_gpu() -> None:
+    cuda = pins(list(lock_entries(CUDA_LOCK)))
+    model = pins(list(lock_entries("requirements-model.lock")))
+    # Every runtime package at the CPU variant's version, onnxruntime-gpu standing in for onnxruntime.
+    for name, version in model.items():
+        if name == "onnxruntime":
+            assert "onnxruntime" not in cuda and cuda["onnxruntime-gpu"] == version
+        else:
+            assert cuda.get(name) == version, f"{CUDA_LOCK}: {name} is {cuda.get(name)}, not {version}"
+    # PyPI's Linux torch depends on the CUDA libraries; the lock holds them (pip --require-hashes
+    # refuses to install a dependency the lock lacks).
+    for library in ("triton", "nvidia-cudnn", "nvidia-cublas", "nvidia-nccl", "nvidia-cuda-runtime"):
+        assert any(name.startswith(library) for name in cuda), f"{CUDA_LOCK} lacks {library}"
+    assert not {"pytest", "ruff", "grpcio-tools"} & set(cuda)
+
+
+def test_make_lock_writes_the_cuda_model_lock_from_pypi_for_the_image_platform() -> None:
+    from scripts import lock
+
+    (spec,) = [spec for spec in lock.LOCKS if spec.output == CUDA_LOCK]
+    assert spec.pypi_only and spec.constrained and not spec.no_deps
+    lines = lock._spec_lines(spec)
+    assert "onnxruntime-gpu==" + pins(requirements_file("requirements.txt"))["onnxruntime"] in lines
+    assert not [line for line in lines if line.startswith("onnxruntime==")]
+    assert "manylinux_2_28_x86_64" in lock.IMAGE_PLATFORMS  # torch's Linux wheels
+    assert "manylinux_2_27_x86_64" in lock.IMAGE_PLATFORMS  # cuDNN's
 
 
 def test_make_installs_from_the_locks_and_can_regenerate_them() -> None:
