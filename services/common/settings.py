@@ -164,6 +164,9 @@ class AudioSettings(EncoderSettings):
     torch_threads: int = option(
         0, "Intra-op CPU threads of onnxruntime (and torch); 0: the CPUs this process may use."
     )
+    forward_lanes: int = option(
+        1, "Not used by the audio models yet: they run one forward pass at a time, on torch_threads threads."
+    )
     max_batch_size: int = option(64, "Most segments (YAMNet: 0.96 s patches) in one forward pass.")
     max_queue_size: int = option(16384, "Most segments waiting; more are refused with RESOURCE_EXHAUSTED.")
     max_items_per_request: int = option(8, "Most clips in one request.")
