@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import socket
 import time
@@ -102,3 +104,41 @@ def test_stalled_request_heads_are_dropped_and_others_are_still_served(tmp_path:
         assert gateway.stop() == 0, gateway.log_tail()
     log = gateway.log_path.read_text()
     assert "a client stalled while sending its request" in log and "Traceback" not in log, gateway.log_tail()
+
+
+def test_a_request_head_dribbled_byte_by_byte_is_dropped_after_the_budget(tmp_path: Path) -> None:
+    gateway = start_service(
+        "gateway",
+        args=["--workers", "1", "--threads", str(THREADS), "--body-read-timeout-s", str(BODY_READ_TIMEOUT_S),
+              *DEAD_BACKENDS],
+        log_dir=tmp_path,
+    )  # fmt: skip
+    head = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Padding: " + b"x" * 40 + b"\r\n\r\n"
+    try:
+        sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=15)
+        opened = time.monotonic()
+        sent = 0
+        try:
+            for byte in head:  # each wait well within the per-read bound, the whole far beyond it
+                sock.sendall(bytes([byte]))
+                sent += 1
+                time.sleep(BODY_READ_TIMEOUT_S / 4)
+        except OSError:  # reset: the gateway dropped the connection
+            pass
+        assert sent < len(head), "the whole dribbled head was accepted"
+        sock.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(65536) == b""  # dropped, never answered
+        sock.close()
+        elapsed = time.monotonic() - opened
+        assert elapsed < 3 * BODY_READ_TIMEOUT_S + 2, elapsed
+        # A well-behaved client on a kept-alive connection gets each head its own budget.
+        polite = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=15)
+        for _ in range(3):
+            polite.request("GET", "/healthz")
+            response = polite.getresponse()
+            assert response.status == 200 and response.read() == b'{"status":"ok"}'
+            time.sleep(BODY_READ_TIMEOUT_S * 0.7)  # idle between requests does not count
+        polite.close()
+    finally:
+        assert gateway.stop() == 0, gateway.log_tail()
