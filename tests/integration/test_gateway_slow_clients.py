@@ -10,12 +10,18 @@ import time
 import urllib.request
 from pathlib import Path
 
-from scripts.stack import start_service
+from scripts.stack import ServiceProcess, start_service
 from tests.integration.test_gateway_process import DEAD_BACKENDS
 
 THREADS = 2
 STALLED = 3 * THREADS  # more stalled uploads than the gateway has threads
 BODY_READ_TIMEOUT_S = 1.0
+
+
+def start_small_gateway(log_dir: Path) -> ServiceProcess:
+    """One worker with THREADS threads: a few stalled clients would take them all."""
+    args = ["--workers", "1", "--threads", str(THREADS), "--body-read-timeout-s", str(BODY_READ_TIMEOUT_S)]
+    return start_service("gateway", args=[*args, *DEAD_BACKENDS], log_dir=log_dir)
 
 
 def stalled_upload(port: int) -> socket.socket:
@@ -36,19 +42,7 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 
 def test_stalled_uploads_get_408_and_others_are_still_served(tmp_path: Path) -> None:
-    gateway = start_service(
-        "gateway",
-        args=[
-            "--workers",
-            "1",
-            "--threads",
-            str(THREADS),
-            "--body-read-timeout-s",
-            str(BODY_READ_TIMEOUT_S),
-            *DEAD_BACKENDS,
-        ],  # fmt: skip
-        log_dir=tmp_path,
-    )
+    gateway = start_small_gateway(tmp_path)
     try:
         # The stalled uploads take the threads in turns of one timeout each before /healthz gets one.
         budget_s = (STALLED // THREADS + 1) * BODY_READ_TIMEOUT_S + 3
@@ -82,12 +76,7 @@ def stalled_head(port: int) -> socket.socket:
 
 
 def test_stalled_request_heads_are_dropped_and_others_are_still_served(tmp_path: Path) -> None:
-    gateway = start_service(
-        "gateway",
-        args=["--workers", "1", "--threads", str(THREADS), "--body-read-timeout-s", str(BODY_READ_TIMEOUT_S),
-              *DEAD_BACKENDS],
-        log_dir=tmp_path,
-    )  # fmt: skip
+    gateway = start_small_gateway(tmp_path)
     try:
         budget_s = (STALLED // THREADS + 1) * BODY_READ_TIMEOUT_S + 3
         opened = time.monotonic()
@@ -107,12 +96,7 @@ def test_stalled_request_heads_are_dropped_and_others_are_still_served(tmp_path:
 
 
 def test_a_request_head_dribbled_byte_by_byte_is_dropped_after_the_budget(tmp_path: Path) -> None:
-    gateway = start_service(
-        "gateway",
-        args=["--workers", "1", "--threads", str(THREADS), "--body-read-timeout-s", str(BODY_READ_TIMEOUT_S),
-              *DEAD_BACKENDS],
-        log_dir=tmp_path,
-    )  # fmt: skip
+    gateway = start_small_gateway(tmp_path)
     head = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Padding: " + b"x" * 40 + b"\r\n\r\n"
     try:
         sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=15)
