@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 GIL_SWITCH_INTERVAL_S = 0.0005
+MAX_DEFAULT_LANES = 4
 
 
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -40,13 +41,14 @@ def dtype_name(dtype: torch.dtype) -> str:
 def forward_lanes(requested: int, device: str = "auto") -> int:
     """How many forward passes a model runs at once: ``requested``, or with 0 one per CPU this
     process may use on CPU (each single-threaded: more items per CPU second than one forward on
-    every core, see services/common/batcher.py) and one on a GPU, which batches better than it
-    overlaps."""
+    every core, see services/common/batcher.py), at most ``MAX_DEFAULT_LANES`` (each lane holds
+    a batch's activations; more CPUs give each lane more threads), and one on a GPU, which
+    batches better than it overlaps."""
     if requested > 0:
         return requested
     if device != "cpu" and resolve_device(device)[0].type == "cuda":
         return 1
-    return available_cpus()
+    return min(available_cpus(), MAX_DEFAULT_LANES)
 
 
 def configure_threads(torch_threads: int, lanes: int = 1) -> int:

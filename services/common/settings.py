@@ -79,8 +79,8 @@ class EncoderSettings(ServerSettings):
     )
     forward_lanes: int = option(
         0,
-        "Forward passes each model runs at once, one thread each; 0: one per CPU this process may "
-        "use on CPU, one on a GPU. 1 gives one forward spread over torch_threads threads.",
+        "Forward passes each model runs at once; 0: one per CPU this process may use on CPU (at most "
+        "4; more CPUs give each lane more threads), one on a GPU. 1: one pass on torch_threads threads.",
     )
     max_batch_size: int = option(32, "Most items in one forward pass.")
     max_wait_ms: float = option(0.0, "Extra wait for a fuller batch when the model is idle.")

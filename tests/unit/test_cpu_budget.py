@@ -42,15 +42,16 @@ def test_unreadable_quota_falls_back_to_the_affinity_mask(tmp_path: Path, conten
 
 
 def test_forward_lanes_default_to_one_per_cpu_and_share_the_threads() -> None:
-    from services.common.device import configure_threads, forward_lanes
+    from services.common.device import MAX_DEFAULT_LANES, configure_threads, forward_lanes
 
     cpus = available_cpus()
-    assert forward_lanes(0, "cpu") == cpus
+    assert forward_lanes(0, "cpu") == min(cpus, MAX_DEFAULT_LANES)
     assert forward_lanes(3, "cpu") == 3
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
     try:
         assert configure_threads(0, lanes=cpus) == 1 == torch.get_num_threads()
+        assert configure_threads(0, lanes=MAX_DEFAULT_LANES) == max(1, cpus // MAX_DEFAULT_LANES)
         assert configure_threads(0, lanes=1) == cpus == torch.get_num_threads()
         assert configure_threads(3, lanes=cpus) == 3
     finally:
