@@ -27,7 +27,7 @@ RUN python -m scripts.gen_protos --out /stubs
 FROM ${PYTHON_IMAGE}
 ARG VARIANT=cpu
 # The root filesystem is read-only in the chart: caches go to the /tmp volume. Idle OpenMP
-# threads sleep instead of spinning (OMP_WAIT_POLICY; the README's threading table says why):
+# threads sleep instead of spinning (OMP_WAIT_POLICY; docs/kubernetes.md's threading table says why):
 # spinning threads of one encoder burn the cores a co-located one needs.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
