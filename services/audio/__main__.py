@@ -17,9 +17,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings(AudioSettings, sys.argv[1:] if argv is None else argv)
     configure_logging("audio", settings.log_level)
     if model_family(settings) == "transformers":  # ONNX models take their threads per session
-        from services.common.device import configure_threads
+        from services.common.device import configure_threads, forward_lanes, torch_uses_cuda
 
-        configure_threads(settings.torch_threads)
+        configure_threads(
+            settings.torch_threads, forward_lanes(settings.forward_lanes, torch_uses_cuda(settings.device))
+        )
     model = create_model(settings)
     metrics = ServiceMetrics()
     asyncio.run(serve(settings, AudioService(settings, metrics, model), metrics, "audio"))

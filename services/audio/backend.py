@@ -66,6 +66,8 @@ class AudioModel(Protocol):
 class AudioEmbedding:
     """ModelBackend: a segment's data -> its raw embedding row."""
 
+    parallel_forward = True  # onnxruntime sessions and torch inference hold no per-call state
+
     def __init__(self, model: AudioModel) -> None:
         self.model = model
 
@@ -81,6 +83,8 @@ class AudioEmbedding:
 
 class AudioClassification:
     """ModelBackend: a segment's data -> its per-label scores."""
+
+    parallel_forward = True
 
     def __init__(self, model: AudioModel) -> None:
         self.model = model
@@ -114,10 +118,20 @@ def top_labels(scores: np.ndarray, labels: Sequence[str], top_k: int) -> LabelSc
     return [(labels[i], float(scores[i])) for i in order]
 
 
+def onnx_threads(settings: AudioSettings) -> int:
+    """Intra-op threads of each ONNX forward pass: the CPUs shared among the forward lanes
+    (services/common/batcher.py); onnxruntime takes them per session, at load."""
+    from services.audio.onnx_session import runs_on_gpu
+    from services.common.device import forward_lanes, threads_per_lane
+
+    lanes = forward_lanes(settings.forward_lanes, runs_on_gpu(settings.device))
+    return threads_per_lane(settings.torch_threads, lanes)
+
+
 def _yamnet(settings: AudioSettings) -> AudioModel:
     from services.audio.yamnet import YamnetModel
 
-    return YamnetModel(device=settings.device, dtype=settings.dtype, threads=settings.torch_threads)
+    return YamnetModel(device=settings.device, dtype=settings.dtype, threads=onnx_threads(settings))
 
 
 def _onnx(settings: AudioSettings) -> AudioModel:
@@ -128,7 +142,7 @@ def _onnx(settings: AudioSettings) -> AudioModel:
         segment_seconds=settings.segment_seconds,
         device=settings.device,
         dtype=settings.dtype,
-        threads=settings.torch_threads,
+        threads=onnx_threads(settings),
     )
 
 

@@ -45,6 +45,11 @@ def providers_for(device: str) -> list[str | tuple[str, dict]]:
     return [(CUDA_PROVIDER, {"device_id": int(index or 0)}), CPU_PROVIDER]
 
 
+def runs_on_gpu(device: str) -> bool:
+    """Whether a session for this device setting runs on the CUDA provider."""
+    return providers_for(device)[0] != CPU_PROVIDER
+
+
 def create_session(model: bytes | str, device: str = "auto", threads: int = 0):
     """An InferenceSession over serialized model bytes (or a file path)."""
     import onnxruntime

@@ -68,7 +68,7 @@ class ModelBackend(Protocol[ItemT, OutT]):
 
 # A backend whose ``process`` may run on several threads at once sets ``parallel_forward = True``;
 # its batcher then runs up to the service's ``forward_lanes`` batches at once. Without it (NER's
-# spaCy pipeline, the audio models), batches run one at a time.
+# spaCy pipeline), batches run one at a time.
 
 
 LoadT = TypeVar("LoadT", bound=Callable[[Any], ModelDescription])

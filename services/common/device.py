@@ -38,7 +38,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def forward_lanes(requested: int, device: str = "auto") -> int:
+def forward_lanes(requested: int, on_gpu: bool) -> int:
     """How many forward passes a model runs at once: ``requested``, or with 0 one per CPU this
     process may use on CPU (each single-threaded: more items per CPU second than one forward on
     every core, see services/common/batcher.py), at most ``MAX_DEFAULT_LANES`` (each lane holds
@@ -46,18 +46,25 @@ def forward_lanes(requested: int, device: str = "auto") -> int:
     batches better than it overlaps."""
     if requested > 0:
         return requested
-    if device != "cpu" and resolve_device(device)[0].type == "cuda":
-        return 1
-    return min(available_cpus(), MAX_DEFAULT_LANES)
+    return 1 if on_gpu else min(available_cpus(), MAX_DEFAULT_LANES)
+
+
+def torch_uses_cuda(device: str) -> bool:
+    """Whether torch models run on a GPU with this device setting (auto: when CUDA is there)."""
+    return device != "cpu" and resolve_device(device)[0].type == "cuda"
+
+
+def threads_per_lane(requested: int, lanes: int) -> int:
+    """Intra-op threads of each forward pass: ``requested``, or with 0 the CPUs this process may
+    really use (its cgroup quota and affinity, not the node's core count) shared among ``lanes``."""
+    return requested if requested > 0 else max(1, available_cpus() // lanes)
 
 
 def configure_threads(torch_threads: int, lanes: int = 1) -> int:
-    """Sets torch's intra-op threads of each forward pass: ``torch_threads``, or with 0 the CPUs
-    this process may really use (its cgroup quota and affinity, not the node's core count) shared
-    among ``lanes`` concurrent forward passes. Returns the count."""
+    """Sets torch's intra-op threads of each forward pass (``threads_per_lane``). Returns the count."""
     import torch
 
-    threads = torch_threads if torch_threads > 0 else max(1, available_cpus() // lanes)
+    threads = threads_per_lane(torch_threads, lanes)
     torch.set_num_threads(threads)
     if lanes > 1:
         # Forward lanes run Python between torch ops and hand the GIL over only every switch

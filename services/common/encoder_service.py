@@ -67,7 +67,6 @@ class EncoderService:
         self._backends = dict(backends)
         self._main_task = next(iter(self._backends))
         self._max_batch_cost = max_batch_cost or None
-        self._lanes = forward_lanes(settings.forward_lanes, settings.device)
         self._batchers: dict[str, DynamicBatcher] = {}
         self._descriptions: dict[str, ModelDescription] = {}
 
@@ -95,8 +94,15 @@ class EncoderService:
             max_queue_size=s.max_queue_size,
             cost=backend.item_cost,
             max_batch_cost=self._max_batch_cost,
-            lanes=self._lanes if getattr(backend, "parallel_forward", False) else 1,
+            lanes=self._lanes(backend, description),
         )
+
+    def _lanes(self, backend: ModelBackend, description: ModelDescription) -> int:
+        """Forward passes this backend runs at once: one unless it opted in (``parallel_forward``);
+        decided from where the loaded model runs, so no service imports a framework to find out."""
+        if not getattr(backend, "parallel_forward", False):
+            return 1
+        return forward_lanes(self._settings.forward_lanes, description.device.startswith("cuda"))
 
     async def warm_up(self, descriptions: Mapping[str, ModelDescription]) -> None:
         """One real request per task through the whole path; SERVING is reported only after it."""

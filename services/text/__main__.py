@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from services.common.device import configure_threads, forward_lanes
+from services.common.device import configure_threads, forward_lanes, torch_uses_cuda
 from services.common.logs import configure_logging
 from services.common.metrics import ServiceMetrics
 from services.common.server import serve
@@ -19,7 +19,8 @@ from services.text.servicer import TextService
 def main(argv: list[str] | None = None, embedder_factory: type[TextEmbedder] = TextEmbedder) -> None:
     settings = load_settings(TextSettings, sys.argv[1:] if argv is None else argv)
     configure_logging("text", settings.log_level)
-    configure_threads(settings.torch_threads, forward_lanes(settings.forward_lanes, settings.device))
+    lanes = forward_lanes(settings.forward_lanes, torch_uses_cuda(settings.device))
+    configure_threads(settings.torch_threads, lanes)
     embedder = embedder_factory(
         settings.model, settings.revision, settings.pooling, settings.device, settings.dtype
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from services.common.device import configure_threads, forward_lanes
+from services.common.device import configure_threads, forward_lanes, torch_uses_cuda
 from services.common.logs import configure_logging
 from services.common.metrics import ServiceMetrics
 from services.common.server import serve
@@ -18,7 +18,8 @@ from services.vision.servicer import VisionService
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(VisionSettings, sys.argv[1:] if argv is None else argv)
     configure_logging("vision", settings.log_level)
-    configure_threads(settings.torch_threads, forward_lanes(settings.forward_lanes, settings.device))
+    lanes = forward_lanes(settings.forward_lanes, torch_uses_cuda(settings.device))
+    configure_threads(settings.torch_threads, lanes)
     configure_pillow(ImageLimits.from_settings(settings))
     model = create_model(settings)
     metrics = ServiceMetrics()

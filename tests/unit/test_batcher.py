@@ -220,8 +220,10 @@ async def test_a_free_lane_takes_everything_queued_while_the_others_run() -> Non
     model.release.set()
     await asyncio.gather(*first, *rest)
     await batcher.stop()
-    assert sorted(model.batches[:2]) == [[0], [1]]
-    assert model.batches[2:] == [list(range(2, 8))], "the first free lane takes everything queued"
+    # Recorded in the order the passes finished, which the two lanes race for.
+    assert sorted(model.batches) == [[0], [1], list(range(2, 8))], (
+        "the first free lane takes everything queued"
+    )
 
 
 async def test_stop_waits_for_every_running_lane() -> None:

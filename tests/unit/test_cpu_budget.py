@@ -45,8 +45,9 @@ def test_forward_lanes_default_to_one_per_cpu_and_share_the_threads() -> None:
     from services.common.device import MAX_DEFAULT_LANES, configure_threads, forward_lanes
 
     cpus = available_cpus()
-    assert forward_lanes(0, "cpu") == min(cpus, MAX_DEFAULT_LANES)
-    assert forward_lanes(3, "cpu") == 3
+    assert forward_lanes(0, on_gpu=False) == min(cpus, MAX_DEFAULT_LANES)
+    assert forward_lanes(0, on_gpu=True) == 1
+    assert forward_lanes(3, on_gpu=False) == 3
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
     try:
