@@ -11,7 +11,9 @@ many forward passes run at once, each on its own thread: on CPU, one single-thre
 core does 20-30 % more items per CPU second than one forward spread over every core (no OpenMP
 barrier after each op, no threads sleeping and waking between ops), and a lane that another
 process preempts stalls only its own batch. A free lane takes what is queued, so batches still
-grow with the load.
+grow with the load; beside a running pass, a lane starts only once ``lane_min_items`` are
+queued, since a pass has a fixed cost that a few short items alone do not repay (text at
+concurrency 8: 148-172 items/s with 4 against 122-127 with 1).
 
 A failing batch fails only its own requests; the loop carries on. Requests whose deadline
 passed or whose caller went away are dropped before the forward pass.
@@ -70,6 +72,7 @@ class DynamicBatcher(Generic[ItemT, OutT]):
         cost: Callable[[ItemT], int] | None = None,
         max_batch_cost: int | None = None,
         lanes: int = 1,
+        lane_min_items: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -88,6 +91,7 @@ class DynamicBatcher(Generic[ItemT, OutT]):
         self._worker: asyncio.Task | None = None
         self._closing = False
         self._lanes = lanes
+        self._lane_min_items = max(lane_min_items, 1)
         self._running: set[asyncio.Task] = set()  # one per busy lane
         self._executor = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix=f"{task}-forward")
         labels = {"model": model, "task": task}
@@ -180,7 +184,7 @@ class DynamicBatcher(Generic[ItemT, OutT]):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pending or len(self._running) == self._lanes:
+            if not self._pending or not self._lane_free():
                 if self._closing and not self._pending:
                     break
                 self._wakeup.clear()
@@ -195,6 +199,12 @@ class DynamicBatcher(Generic[ItemT, OutT]):
                 lane.add_done_callback(self._lane_done)
         if self._running:
             await asyncio.wait(self._running)
+
+    def _lane_free(self) -> bool:
+        """Whether a lane may start on what is queued now."""
+        if not self._running:
+            return True
+        return len(self._running) < self._lanes and self._queued_items >= self._lane_min_items
 
     def _lane_done(self, lane: asyncio.Task) -> None:
         self._running.discard(lane)

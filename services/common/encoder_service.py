@@ -95,6 +95,7 @@ class EncoderService:
             cost=backend.item_cost,
             max_batch_cost=self._max_batch_cost,
             lanes=self._lanes(backend, description),
+            lane_min_items=s.lane_min_items,
         )
 
     def _lanes(self, backend: ModelBackend, description: ModelDescription) -> int:

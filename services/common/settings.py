@@ -82,6 +82,11 @@ class EncoderSettings(ServerSettings):
         "Forward passes each model runs at once; 0: one per CPU this process may use on CPU (at most "
         "4; more CPUs give each lane more threads), one on a GPU. 1: one pass on torch_threads threads.",
     )
+    lane_min_items: int = option(
+        1,
+        "Items that must be queued before a forward pass starts beside a running one; fewer wait for "
+        "the next free lane.",
+    )
     max_batch_size: int = option(32, "Most items in one forward pass.")
     max_wait_ms: float = option(0.0, "Extra wait for a fuller batch when the model is idle.")
     max_queue_size: int = option(1024, "Most items waiting; more are refused with RESOURCE_EXHAUSTED.")
@@ -97,6 +102,11 @@ class TextSettings(EncoderSettings):
     metrics_port: int = option(9101, "Prometheus /metrics HTTP port (-1 disables).")
     pooling: str = option("mean", "Sentence pooling: mean or cls.")
     max_batch_tokens: int = option(16384, "Token budget of one forward pass (padded length x items).")
+    lane_min_items: int = option(
+        4,
+        "Items that must be queued before a forward pass starts beside a running one: a pass has a "
+        "fixed cost that one or two sentences alone do not repay.",
+    )
     max_text_chars: int = option(100_000, "Longest accepted text in characters; longer is refused.")
     max_request_chars_ner: int = option(
         100_000,

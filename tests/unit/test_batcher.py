@@ -235,3 +235,22 @@ async def test_stop_waits_for_every_running_lane() -> None:
     await batcher.stop()
     assert all(task.done() and not task.exception() for task in pending)
     assert model.running == 0
+
+
+async def test_a_second_lane_waits_for_lane_min_items_beside_a_running_pass() -> None:
+    model = GatedModel()
+    batcher = make_batcher(model, lanes=2, lane_min_items=3)
+    batcher.start()
+    model.release.clear()
+    first = asyncio.create_task(batcher.submit([0]))
+    await asyncio.sleep(0.05)  # one lane holds [0]
+    few = [asyncio.create_task(batcher.submit([i])) for i in (1, 2)]
+    await asyncio.sleep(0.05)
+    assert len(batcher._running) == 1, "two queued items do not open a second lane"
+    third = asyncio.create_task(batcher.submit([3]))
+    await asyncio.sleep(0.05)
+    assert len(batcher._running) == 2, "the third one does"
+    model.release.set()
+    await asyncio.gather(first, *few, third)
+    await batcher.stop()
+    assert sorted(model.batches) == [[0], [1, 2, 3]]
