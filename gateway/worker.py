@@ -61,15 +61,13 @@ class HeadTimeoutWorker(ThreadWorker):
     read_timeout_s: float = 10.0  # set from the settings in the master, before workers fork
 
     def handle(self, conn):
-        if not conn.initialized:  # before the parser is built on conn.sock
+        if not conn.initialized:  # before the parser is built on conn.sock (kept for keep-alive)
             conn.sock = HeadDeadlineSocket(conn.sock, self.read_timeout_s)
-        if isinstance(conn.sock, HeadDeadlineSocket):
-            conn.sock.start_head()
+        conn.sock.start_head()
         return super().handle(conn)
 
     def handle_request(self, req, conn):
-        if isinstance(conn.sock, HeadDeadlineSocket):
-            conn.sock.end_head()  # the head is parsed: the app reads the body
+        conn.sock.end_head()  # the head is parsed: the app reads the body
         return super().handle_request(req, conn)
 
 

@@ -8,6 +8,7 @@ import json
 import socket
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from scripts.stack import ServiceProcess, start_service
@@ -22,6 +23,21 @@ def start_small_gateway(log_dir: Path) -> ServiceProcess:
     """One worker with THREADS threads: a few stalled clients would take them all."""
     args = ["--workers", "1", "--threads", str(THREADS), "--body-read-timeout-s", str(BODY_READ_TIMEOUT_S)]
     return start_service("gateway", args=[*args, *DEAD_BACKENDS], log_dir=log_dir)
+
+
+def stall_every_thread(
+    gateway: ServiceProcess, open_stalled: Callable[[int], socket.socket]
+) -> tuple[list[socket.socket], float, float]:
+    """Opens more stalled connections than the gateway has threads, then checks /healthz is still
+    answered: the stalled ones take the threads in turns of one timeout each before it gets one.
+    Returns the stalled sockets, when they were opened and that budget."""
+    budget_s = (STALLED // THREADS + 1) * BODY_READ_TIMEOUT_S + 3
+    opened = time.monotonic()
+    stalled = [open_stalled(gateway.port) for _ in range(STALLED)]
+    with urllib.request.urlopen(gateway.url + "/healthz", timeout=budget_s) as response:
+        assert response.status == 200
+    assert time.monotonic() - opened < budget_s
+    return stalled, opened, budget_s
 
 
 def stalled_upload(port: int) -> socket.socket:
@@ -44,15 +60,7 @@ def read_until_closed(sock: socket.socket) -> bytes:
 def test_stalled_uploads_get_408_and_others_are_still_served(tmp_path: Path) -> None:
     gateway = start_small_gateway(tmp_path)
     try:
-        # The stalled uploads take the threads in turns of one timeout each before /healthz gets one.
-        budget_s = (STALLED // THREADS + 1) * BODY_READ_TIMEOUT_S + 3
-        opened = time.monotonic()
-        stalled = [stalled_upload(gateway.port) for _ in range(STALLED)]
-
-        with urllib.request.urlopen(gateway.url + "/healthz", timeout=budget_s) as response:
-            assert response.status == 200
-        assert time.monotonic() - opened < budget_s
-
+        stalled, opened, budget_s = stall_every_thread(gateway, stalled_upload)
         for sock in stalled:
             reply = read_until_closed(sock)  # answered, then closed by the gateway
             sock.close()
@@ -78,12 +86,7 @@ def stalled_head(port: int) -> socket.socket:
 def test_stalled_request_heads_are_dropped_and_others_are_still_served(tmp_path: Path) -> None:
     gateway = start_small_gateway(tmp_path)
     try:
-        budget_s = (STALLED // THREADS + 1) * BODY_READ_TIMEOUT_S + 3
-        opened = time.monotonic()
-        stalled = [stalled_head(gateway.port) for _ in range(STALLED)]
-        with urllib.request.urlopen(gateway.url + "/healthz", timeout=budget_s) as response:
-            assert response.status == 200
-        assert time.monotonic() - opened < budget_s  # the threads came back in turns of one timeout
+        stalled, opened, budget_s = stall_every_thread(gateway, stalled_head)
         for sock in stalled:
             assert read_until_closed(sock) == b""  # dropped: no request arrived to answer
             sock.close()

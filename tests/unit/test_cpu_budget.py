@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,18 +43,27 @@ def test_unreadable_quota_falls_back_to_the_affinity_mask(tmp_path: Path, conten
 
 
 def test_forward_lanes_default_to_one_per_cpu_and_share_the_threads() -> None:
-    from services.common.device import MAX_DEFAULT_LANES, configure_threads, forward_lanes
+    from services.common.device import (
+        GIL_SWITCH_INTERVAL_S,
+        MAX_DEFAULT_LANES,
+        configure_threads,
+        forward_lanes,
+    )
 
     cpus = available_cpus()
     assert forward_lanes(0, on_gpu=False) == min(cpus, MAX_DEFAULT_LANES)
     assert forward_lanes(0, on_gpu=True) == 1
     assert forward_lanes(3, on_gpu=False) == 3
     torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
+    before, switch_interval = torch.get_num_threads(), sys.getswitchinterval()
     try:
         assert configure_threads(0, lanes=cpus) == 1 == torch.get_num_threads()
         assert configure_threads(0, lanes=MAX_DEFAULT_LANES) == max(1, cpus // MAX_DEFAULT_LANES)
         assert configure_threads(0, lanes=1) == cpus == torch.get_num_threads()
         assert configure_threads(3, lanes=cpus) == 3
+        sys.setswitchinterval(switch_interval)
+        configure_threads(1, lanes=2)
+        assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S  # lanes > 1 share the GIL more often
     finally:
         torch.set_num_threads(before)
+        sys.setswitchinterval(switch_interval)
