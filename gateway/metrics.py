@@ -10,6 +10,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from services.common.metrics import LATENCY_BUCKETS_S
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MERGED_REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class GatewayMetrics:
@@ -31,6 +32,10 @@ class GatewayMetrics:
         self.upstream = Histogram(
             "mmserve_upstream_request_duration_seconds", "Time of each gRPC call to a backend.",
             ("service", "method", "code"), buckets=LATENCY_BUCKETS_S, registry=self.registry,
+        )  # fmt: skip
+        self.merged_requests = Histogram(
+            "mmserve_upstream_merged_requests", "HTTP requests one text-embedding call answered.",
+            buckets=MERGED_REQUEST_BUCKETS, registry=self.registry,
         )  # fmt: skip
 
     def exposition(self) -> bytes:

@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.errors import ApiError, from_rpc_error
 from gateway.metrics import GatewayMetrics
-from mmserve.v1 import audio_pb2_grpc, fusion_pb2_grpc, text_pb2_grpc, vision_pb2_grpc
+from gateway.text_merging import TextEmbedMerger
+from mmserve.v1 import audio_pb2_grpc, fusion_pb2_grpc, text_pb2, text_pb2_grpc, vision_pb2_grpc
 from services.common.channels import ROTATION_GRACE_S, ChannelSecurity, create_channel
 from services.common.logs import REQUEST_ID_HEADER, request_id_var
 from services.common.settings import GatewaySettings
@@ -83,12 +84,27 @@ class Upstreams:
             self._backends[name] = _Backend(
                 channel, STUBS[name](channel), health_pb2_grpc.HealthStub(channel)
             )
+        self._text_merger = (
+            TextEmbedMerger(
+                self._backends["text"].stub.Embed,
+                max_items=settings.text_merge_max_items,
+                max_in_flight=settings.text_merge_in_flight,
+                observe_call=lambda code, seconds: metrics.upstream.labels("text", "Embed", code).observe(
+                    seconds
+                ),
+                observe_merged=metrics.merged_requests.observe,
+            )
+            if settings.text_merge_in_flight > 0
+            else None
+        )
+
+    def _deadline(self) -> float:
+        """The time.monotonic() by which the current request's calls must be answered."""
+        # Outside a request (tests, scripts): a fresh budget.
+        return request_deadline.get() or time.monotonic() + self._deadline_s
 
     def _timeout_s(self, service: str) -> float:
-        deadline = request_deadline.get()
-        if not deadline:  # outside a request (tests, scripts): a fresh budget
-            return self._deadline_s
-        remaining = deadline - time.monotonic()
+        remaining = self._deadline() - time.monotonic()
         if remaining <= 0:
             raise ApiError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -109,6 +125,12 @@ class Upstreams:
             raise from_rpc_error(error, service) from None
         finally:
             self._metrics.upstream.labels(service, method, code).observe(time.perf_counter() - began)
+
+    def embed_texts(self, texts: list[str]) -> text_pb2.EmbedTextResponse:
+        """The text service's ``Embed``; concurrent requests' texts share calls (see gateway.text_merging)."""
+        if self._text_merger is None:
+            return self.call("text", "Embed", text_pb2.EmbedTextRequest(texts=texts))
+        return self._text_merger.embed(texts, self._deadline(), request_id_var.get())
 
     def start(self, service: str, method: str, request) -> Pending:
         """Starts a call without waiting, so independent calls run in parallel."""

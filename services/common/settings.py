@@ -323,6 +323,14 @@ class GatewaySettings:
     max_body_bytes: int = option(32 * 1024 * 1024, "Largest accepted request body in bytes.")
     max_items_per_request: int = option(64, "Most inputs in one request.")
     deadline_s: float = option(10.0, "Deadline of each upstream gRPC call.")
+    text_merge_in_flight: int = option(
+        4,
+        "Merged text-embedding calls one worker keeps out at once: requests arriving meanwhile queue and "
+        "go out as one call (a lone request goes at once); 0 sends every request's own call.",
+    )
+    text_merge_max_items: int = option(
+        32, "Most texts in one merged text-embedding call (at most the text service's max_items_per_request)."
+    )
     body_read_timeout_s: float = option(
         10.0,
         "Most time a request body may take to arrive (and longest silence within it, the request line "

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -20,6 +21,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.stack import ServiceProcess, start_service
+from tests.support.metrics import sample_value, scrape
 from tests.support.traffic import post_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -193,6 +195,32 @@ def test_readiness_request_id_and_metrics_move_with_traffic(gateway: str) -> Non
         assert post_json(gateway + path, None).status == 404
     paths = {dict(labels).get("route") for name, labels in scrape() if name == "mmserve_http_requests_total"}
     assert "unmatched" in paths and not {"/v1/a1", "/v1/b2", "/nothing/here"} & paths
+
+
+def test_concurrent_sentences_share_text_calls_and_keep_their_own_vectors(gateway: str) -> None:
+    sentences = [f"sentence {i}: {topic}" for i, topic in enumerate(["a cat", "the market", "rain"] * 8)]
+    alone = {s: ok(gateway + "/v1/embed/text", {"texts": [s]})["embeddings"][0] for s in sentences}
+
+    def merged_so_far() -> tuple[float, float]:
+        families = scrape(gateway + "/metrics")
+        return (
+            sample_value(families, "mmserve_upstream_merged_requests_sum"),
+            sample_value(families, "mmserve_upstream_merged_requests_count"),
+        )
+
+    requests_before, calls_before = merged_so_far()
+    with ThreadPoolExecutor(len(sentences)) as pool:
+        replies = list(
+            pool.map(
+                lambda s: ok(gateway + "/v1/embeddings", {"input": s, "encoding_format": "float"}), sentences
+            )
+        )
+    requests_after, calls_after = merged_so_far()
+    for sentence, reply in zip(sentences, replies, strict=True):
+        np.testing.assert_allclose(reply["data"][0]["embedding"], alone[sentence], atol=1e-5)
+    # Every request was answered by some call, and fewer calls than requests went to the encoder.
+    assert requests_after - requests_before == len(sentences)
+    assert calls_after - calls_before < len(sentences)
 
 
 def test_openapi_and_swagger_ui_are_served(gateway: str) -> None:
