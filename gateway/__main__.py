@@ -12,6 +12,7 @@ import sys
 import tempfile
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from gateway.auth import parse_api_keys
 from gateway.model_names import parse_aliases
@@ -38,6 +39,7 @@ class GatewayServer(BaseApplication):
             "timeout": int(s.deadline_s) + 30,
             "keepalive": 30,
             "accesslog": None,  # the app logs one JSON line per request itself, with its request id
+            "logger_class": NoAccessLogger,
             "loglevel": s.log_level.lower(),
             "logconfig_dict": _json_logging(s.log_level),
             "child_exit": _mark_worker_dead,
@@ -51,6 +53,15 @@ class GatewayServer(BaseApplication):
 
         configure_logging("gateway", self._settings.log_level)
         return create_app(self._settings)
+
+
+class NoAccessLogger(Logger):
+    """gunicorn's logger without its access log. A log config (ours, for JSON lines) makes gunicorn
+    build every request's access-log fields, all headers and environ included, even with no
+    access log to write them to: ~0.1 ms of the gateway's CPU per request."""
+
+    def access(self, resp, req, environ, request_time) -> None:
+        return None
 
 
 def _json_logging(level: str) -> dict:
