@@ -42,6 +42,8 @@ from scripts.procfs import children
 from scripts.stack import free_port, start_service
 
 CONCURRENCIES = (1, 8, 32)
+# Single-sentence runs, fast enough to afford it: at least 40 rounds of each concurrency.
+SINGLE_TEXT_ROUNDS = 40
 ROUTES = {"text": "/v1/embed/text", "vision": "/v1/embed/image"}
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -146,17 +148,26 @@ def _post(connection: http.client.HTTPConnection, path: str, body: bytes, header
 
 
 def measure(
-    url: str, bodies: list[bytes], requests: int, label: str, servers: dict[str, int], items_per_request: int
+    url: str,
+    bodies: list[bytes],
+    requests: int,
+    label: str,
+    servers: dict[str, int],
+    items_per_request: int,
+    min_rounds: int = 0,
 ) -> list[Measured]:
-    """Each concurrency in turn, with the CPU each server process (and the client) spent on it."""
+    """Each concurrency in turn, with the CPU each server process (and the client) spent on it.
+    Each level sends at least ``min_rounds`` x its concurrency requests: the first and last round
+    ramp up and down, so a short run at concurrency 32 reads low."""
     results = []
     run_http_load(url, bodies, 8, 32, "warm-up")
     for concurrency in CONCURRENCIES:
+        sent = max(requests, min_rounds * concurrency)
         before = {role: cpu_seconds(pid) for role, pid in servers.items()}
         client_before = client_cpu_seconds()
-        load = run_http_load(url, bodies, concurrency, requests, label, items_per_request)
-        cpu = {role: (cpu_seconds(pid) - before[role]) * 1000 / requests for role, pid in servers.items()}
-        cpu["client"] = (client_cpu_seconds() - client_before) * 1000 / requests
+        load = run_http_load(url, bodies, concurrency, sent, label, items_per_request)
+        cpu = {role: (cpu_seconds(pid) - before[role]) * 1000 / sent for role, pid in servers.items()}
+        cpu["client"] = (client_cpu_seconds() - client_before) * 1000 / sent
         results.append(Measured(load, cpu))
     return results
 
@@ -244,6 +255,10 @@ def start_naive(kind: str) -> tuple[subprocess.Popen, str]:
 # --- the run -------------------------------------------------------------------------------------
 
 
+def rounds(kind: str, items_per_request: int) -> int:
+    return SINGLE_TEXT_ROUNDS if kind == "text" and items_per_request == 1 else 0
+
+
 def bench_kind(kind: str, requests: int, items_per_request: Sequence[int], log_dir: Path) -> None:
     forward = text_forward() if kind == "text" else vision_forward()
     items = SENTENCES if kind == "text" else sample_images()
@@ -271,8 +286,9 @@ def bench_kind(kind: str, requests: int, items_per_request: Sequence[int], log_d
         direct_ms = grpc_p50_ms(kind, encoder.address, items)
         for k in items_per_request:
             served[k] = measure(
-                gateway.url + ROUTES[kind], payloads(kind, k), requests // k, "gateway", servers, k
-            )
+                gateway.url + ROUTES[kind], payloads(kind, k), requests // k, "gateway", servers, k,
+                min_rounds=rounds(kind, k),
+            )  # fmt: skip
     finally:
         if gateway is not None:
             gateway.stop()
@@ -288,6 +304,7 @@ def bench_kind(kind: str, requests: int, items_per_request: Sequence[int], log_d
                 "naive",
                 {"naive": naive_process.pid},
                 k,
+                min_rounds=rounds(kind, k),
             )
     finally:
         naive_process.terminate()

@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> None:
         from services.common.device import configure_threads, forward_lanes, torch_uses_cuda
 
         configure_threads(
-            settings.torch_threads, forward_lanes(settings.forward_lanes, torch_uses_cuda(settings.device))
+            settings.torch_threads,
+            forward_lanes(settings.forward_lanes, torch_uses_cuda(settings.device)),
+            settings.lone_pass_threads,
         )
     model = create_model(settings)
     metrics = ServiceMetrics()

@@ -6,8 +6,11 @@ gateway image, and only model processes call these.
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from services.common.cpu_budget import available_cpus
 
@@ -60,12 +63,66 @@ def threads_per_lane(requested: int, lanes: int) -> int:
     return requested if requested > 0 else max(1, available_cpus() // lanes)
 
 
-def configure_threads(torch_threads: int, lanes: int = 1) -> int:
-    """Sets torch's intra-op threads of each forward pass (``threads_per_lane``). Returns the count."""
+class PassThreads:
+    """Intra-op threads of each forward pass, set on the thread that runs it (under OpenMP torch's
+    thread count is a per-thread setting). A pass that starts while no other runs in the process
+    gets ``alone`` threads, so a lone request may use the CPUs the idle lanes leave; a pass that
+    starts beside another keeps ``beside``, its lane's share."""
+
+    def __init__(self, alone: int, beside: int) -> None:
+        self.alone = alone
+        self.beside = beside
+        self._running = 0
+        self._lock = threading.Lock()
+        self._thread = threading.local()  # the count last set on each lane thread
+
+    def around(self, process: Callable[[Sequence[Any]], Any]) -> Callable[[Sequence[Any]], Any]:
+        """``process`` run with the thread count its start calls for."""
+        if self.alone == self.beside:
+            return process
+
+        @functools.wraps(process)
+        def run(items: Sequence[Any]) -> Any:
+            with self._lock:
+                self._running += 1
+                threads = self.alone if self._running == 1 else self.beside
+            try:
+                self._use(threads)
+                return process(items)
+            finally:
+                with self._lock:
+                    self._running -= 1
+
+        return run
+
+    def _use(self, threads: int) -> None:
+        if getattr(self._thread, "threads", None) != threads:
+            import torch
+
+            torch.set_num_threads(threads)
+            self._thread.threads = threads
+
+
+_pass_threads: PassThreads | None = None  # this process's, once configure_threads ran
+
+
+def widen_lone_passes(process: Callable[[Sequence[Any]], Any], device: str) -> Callable[[Sequence[Any]], Any]:
+    """A CPU model's ``process`` under this process's PassThreads (see ``configure_threads``); a
+    GPU model's, or one in a process that configured no torch threads (ONNX), as it is."""
+    if _pass_threads is None or device.startswith("cuda"):
+        return process
+    return _pass_threads.around(process)
+
+
+def configure_threads(torch_threads: int, lanes: int = 1, lone_pass_threads: int = 0) -> int:
+    """Sets torch's intra-op threads of each forward pass (``threads_per_lane``), and of a pass that
+    runs alone (``lone_pass_threads``; 0: the same). Returns the per-lane count."""
     import torch
 
+    global _pass_threads
     threads = threads_per_lane(torch_threads, lanes)
     torch.set_num_threads(threads)
+    _pass_threads = PassThreads(lone_pass_threads or threads, threads)
     if lanes > 1:
         # Forward lanes run Python between torch ops and hand the GIL over only every switch
         # interval; at the default 5 ms the event loop, waiting behind two of them, fell so far

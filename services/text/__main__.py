@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None, embedder_factory: type[TextEmbedder] = T
     settings = load_settings(TextSettings, sys.argv[1:] if argv is None else argv)
     configure_logging("text", settings.log_level)
     lanes = forward_lanes(settings.forward_lanes, torch_uses_cuda(settings.device))
-    configure_threads(settings.torch_threads, lanes)
+    configure_threads(settings.torch_threads, lanes, settings.lone_pass_threads)
     embedder = embedder_factory(
         settings.model, settings.revision, settings.pooling, settings.device, settings.dtype
     )

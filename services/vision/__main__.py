@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings(VisionSettings, sys.argv[1:] if argv is None else argv)
     configure_logging("vision", settings.log_level)
     lanes = forward_lanes(settings.forward_lanes, torch_uses_cuda(settings.device))
-    configure_threads(settings.torch_threads, lanes)
+    configure_threads(settings.torch_threads, lanes, settings.lone_pass_threads)
     configure_pillow(ImageLimits.from_settings(settings))
     model = create_model(settings)
     metrics = ServiceMetrics()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,13 @@ def test_forward_lanes_default_to_one_per_cpu_and_share_the_threads() -> None:
     assert forward_lanes(0, on_gpu=True) == 1
     assert forward_lanes(3, on_gpu=False) == 3
     torch = pytest.importorskip("torch")
-    before, switch_interval = torch.get_num_threads(), sys.getswitchinterval()
+    from services.common import device
+
+    before, switch_interval, pass_threads = (
+        torch.get_num_threads(),
+        sys.getswitchinterval(),
+        device._pass_threads,
+    )
     try:
         assert configure_threads(0, lanes=cpus) == 1 == torch.get_num_threads()
         assert configure_threads(0, lanes=MAX_DEFAULT_LANES) == max(1, cpus // MAX_DEFAULT_LANES)
@@ -67,3 +74,34 @@ def test_forward_lanes_default_to_one_per_cpu_and_share_the_threads() -> None:
     finally:
         torch.set_num_threads(before)
         sys.setswitchinterval(switch_interval)
+        device._pass_threads = pass_threads
+
+
+def test_a_pass_alone_gets_the_lone_thread_count_and_one_beside_it_its_lanes() -> None:
+    torch = pytest.importorskip("torch")
+    from services.common.device import PassThreads
+
+    first_started, release_first = threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def process(items: list[str]) -> list[str]:
+        seen[items[0]] = torch.get_num_threads()  # on the thread running the pass
+        if items[0] == "first":
+            first_started.set()
+            release_first.wait(10)
+        return items
+
+    run = PassThreads(alone=2, beside=1).around(process)
+    first = threading.Thread(target=run, args=(["first"],))
+    first.start()
+    assert first_started.wait(10)
+    beside = threading.Thread(target=run, args=(["beside"],))
+    beside.start()
+    beside.join(10)
+    release_first.set()
+    first.join(10)
+    later = threading.Thread(target=run, args=(["later, alone again"],))
+    later.start()
+    later.join(10)
+    assert seen == {"first": 2, "beside": 1, "later, alone again": 2}
+    assert PassThreads(alone=1, beside=1).around(process) is process  # nothing to switch
