@@ -22,8 +22,9 @@ def main(argv: list[str] | None = None, embedder_factory: type[TextEmbedder] = T
     lanes = forward_lanes(settings.forward_lanes, torch_uses_cuda(settings.device))
     configure_threads(settings.torch_threads, lanes, settings.lone_pass_threads)
     embedder = embedder_factory(
-        settings.model, settings.revision, settings.pooling, settings.device, settings.dtype
-    )
+        settings.model, settings.revision, settings.pooling, settings.device, settings.dtype,
+        trace=settings.trace_model,
+    )  # fmt: skip
     ner = create_ner(settings.ner_model, settings.ner_revision, settings.device, settings.dtype)
     classifier = None
     if settings.classifier_model:

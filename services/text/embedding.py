@@ -21,6 +21,7 @@ from services.common.backend import ModelDescription
 from services.common.device import dtype_name, resolve_device
 from services.common.model_source import model_revision
 from services.text.tokenizers import TokenizerPool
+from services.text.traced import traced_hidden_states
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class TextEmbedder:
         pooling: str = "mean",
         device: str = "auto",
         dtype: str = "auto",
+        trace: bool = True,
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
@@ -86,6 +88,7 @@ class TextEmbedder:
         self._pooling = pooling
         self._device, self._dtype = resolve_device(device, dtype)
         self._is_clip = False
+        self._trace = trace
 
     def load(self) -> ModelDescription:
         kwargs = {"revision": self._revision} if self._revision else {}
@@ -110,6 +113,9 @@ class TextEmbedder:
             limit = _max_length(self._source, tokenizer, config)
         self._model = model.to(self._device, self._dtype).eval()
         self._max_length = limit
+        self._hidden_states = self._eager_hidden_states
+        if self._trace and self._device.type == "cpu" and not self._is_clip:
+            self._hidden_states = traced_hidden_states(self._model, tokenizer) or self._eager_hidden_states
         return ModelDescription(
             model_id=self._model_id,
             revision=model_revision(self._source, self._revision),
@@ -135,10 +141,13 @@ class TextEmbedder:
             if self._is_clip:
                 pooled = self._model(**inputs).text_embeds
             else:
-                hidden = self._model(**inputs).last_hidden_state
+                hidden = self._hidden_states(inputs)
                 pooled = self._pool(hidden, inputs["attention_mask"])
             vectors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1).cpu().numpy()
         return EmbeddingBatch(vectors, token_counts, truncated)
+
+    def _eager_hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._model(**inputs).last_hidden_state
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self._pooling == "cls":

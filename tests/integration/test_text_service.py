@@ -33,7 +33,7 @@ def stub(text_service: ServiceProcess):
 
 @pytest.fixture(scope="module")
 def in_process() -> TextEmbedder:
-    embedder = TextEmbedder()
+    embedder = TextEmbedder(trace=False)  # the eager model: the reference for the traced one served
     embedder.load()
     return embedder
 
@@ -42,7 +42,10 @@ def embed(stub, texts: list[str]) -> text_pb2.EmbedTextResponse:
     return stub.Embed(text_pb2.EmbedTextRequest(texts=texts), timeout=30)
 
 
-def test_served_embeddings_equal_the_in_process_model(stub, in_process: TextEmbedder) -> None:
+def test_served_embeddings_equal_the_in_process_model(
+    stub, in_process: TextEmbedder, text_service: ServiceProcess
+) -> None:
+    assert "text model traced to TorchScript" in text_service.log_path.read_text()
     served = from_matrix(embed(stub, SENTENCES).embeddings)
     local = in_process.process(SENTENCES).vectors
     assert served.shape == (len(SENTENCES), 384)
