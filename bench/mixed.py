@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.gateway import payloads, run_http_load
 from bench.load import LoadResult, print_table
-from scripts.stack import ServiceProcess, start_service
+from scripts.stack import SPIN_COUNT, ServiceProcess, start_service
 
 # name -> environment of every service process. "lanes": forward passes at once per encoder,
 # each on cpus / lanes intra-op threads (services/common/batcher.py).
@@ -23,7 +23,12 @@ _ONE_FORWARD = {"MMSERVE_TEXT_FORWARD_LANES": "1", "MMSERVE_VISION_FORWARD_LANES
 SETUPS: dict[str, dict[str, str | None]] = {
     "1 lane x 2 threads, spin (OpenMP default)": {"OMP_WAIT_POLICY": None, **_ONE_FORWARD},  # None: unset
     "1 lane x 2 threads, passive": {"OMP_WAIT_POLICY": "PASSIVE", **_ONE_FORWARD},
-    "2 lanes x 1 thread (default)": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "2 lanes x 1 thread, passive, lone passes on 1": {
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "MMSERVE_TEXT_LONE_PASS_THREADS": "1",
+        "MMSERVE_VISION_LONE_PASS_THREADS": "1",
+    },
+    "2 lanes x 1 thread, short spin (default)": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": SPIN_COUNT},
 }
 TEXT_ROUTE, IMAGE_ROUTE = "/v1/embed/text", "/v1/embed/image"
 

@@ -151,6 +151,10 @@ def health_status(
         return reply.status
 
 
+# OpenMP busy-wait iterations before an idle thread sleeps (tens of microseconds).
+SPIN_COUNT = "20000"
+
+
 def start_service(
     kind: str,
     *,
@@ -172,9 +176,11 @@ def start_service(
     if metrics_port is not None:
         full_args += ["--metrics-port", str(metrics_port)]
     full_args += list(args)
-    # OpenMP threads sleep when idle unless the caller says otherwise: the services share these
-    # cores, and spinning threads of one starve the others (bench/mixed.py measures it).
-    defaults = {"OMP_WAIT_POLICY": "PASSIVE"}
+    # Idle OpenMP threads spin only briefly (libgomp's default spin is 15x longer) unless the
+    # caller says otherwise: the services share these cores, and long-spinning threads of one
+    # starve the others (bench/mixed.py measures it), yet a lone pass on two threads needs its
+    # team awake between ops (docs/performance.md).
+    defaults = {"GOMP_SPINCOUNT": SPIN_COUNT}
     merged = {
         **defaults,
         **os.environ,

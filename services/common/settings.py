@@ -90,9 +90,9 @@ class EncoderSettings(ServerSettings):
     lone_pass_threads: int = option(
         0,
         "Intra-op CPU threads of a forward pass that starts while no other runs in the process (a lone "
-        "request); 0: as many as any pass. Two on two CPUs cut a lone text request's p50 by ~20 % with "
-        "a short OpenMP spin (GOMP_SPINCOUNT=20000, OMP_WAIT_POLICY unset), but were slower than one "
-        "with OMP_WAIT_POLICY=PASSIVE (docs/performance.md).",
+        "request); 0: every lane's threads, so it uses the CPUs the idle lanes leave (on CPU). Worth it "
+        "with a short OpenMP spin (GOMP_SPINCOUNT, as the images and make run set it); with "
+        "OMP_WAIT_POLICY=PASSIVE two sleeping threads were slower than one.",
     )
     max_batch_size: int = option(32, "Most items in one forward pass.")
     max_wait_ms: float = option(0.0, "Extra wait for a fuller batch when the model is idle.")

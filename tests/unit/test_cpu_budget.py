@@ -71,6 +71,10 @@ def test_forward_lanes_default_to_one_per_cpu_and_share_the_threads() -> None:
         sys.setswitchinterval(switch_interval)
         configure_threads(1, lanes=2)
         assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S  # lanes > 1 share the GIL more often
+        # A pass alone takes every lane's threads unless told otherwise.
+        assert (device._pass_threads.alone, device._pass_threads.beside) == (2, 1)
+        configure_threads(1, lanes=2, lone_pass_threads=1)
+        assert (device._pass_threads.alone, device._pass_threads.beside) == (1, 1)
     finally:
         torch.set_num_threads(before)
         sys.setswitchinterval(switch_interval)
