@@ -14,6 +14,7 @@ neighbours, so each of its requests then sends its own call and gets its own ans
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -118,56 +119,50 @@ class TextEmbedMerger:
         self._in_flight += 1
         return batch
 
-    def _call_arguments(self, batch: list[_Request]) -> tuple[text_pb2.EmbedTextRequest, dict]:
+    def _invoke(self, call: Callable, batch: list[_Request]):
+        """``call`` (the multi-callable or its ``future``) with the batch's texts, deadline and ids."""
         texts = batch[0].texts if len(batch) == 1 else [text for queued in batch for text in queued.texts]
         # The latest deadline: each request still gives up on its own at its own deadline.
         timeout = max(queued.deadline for queued in batch) - time.monotonic()
         metadata = ((REQUEST_ID_HEADER, merged_request_id([queued.request_id for queued in batch])),)
-        return text_pb2.EmbedTextRequest(texts=texts), {"timeout": timeout, "metadata": metadata}
+        return call(text_pb2.EmbedTextRequest(texts=texts), timeout=timeout, metadata=metadata)
 
     def _send(self, batch: list[_Request]) -> None:
         """Sends a merged call on this thread and answers its requests."""
         began = time.perf_counter()
-        try:
-            request, options = self._call_arguments(batch)
-            reply = self._rpc(request, **options)
-        except grpc.RpcError as error:
-            self._observe_call(_code_name(error), time.perf_counter() - began)
-            self._fail(batch, from_rpc_error(error, _SERVICE))
-        else:
-            self._observe_call("OK", time.perf_counter() - began)
-            self._answer(batch, reply)
-        finally:
-            self._finished()
+        self._complete(batch, began, lambda: self._invoke(self._rpc, batch))
 
     def _start(self, batch: list[_Request]) -> None:
         """Starts a merged call without waiting; its completion answers its requests."""
         began = time.perf_counter()
+        try:
+            future = self._invoke(self._rpc.future, batch)
+        except Exception as error:  # noqa: BLE001 - nothing was sent; its requests must still be answered
+            self._complete(batch, began, functools.partial(_raise, error))
+            return
+        future.add_done_callback(lambda done: self._complete(batch, began, done.result))
 
-        def completed(done: grpc.Future) -> None:
+    def _complete(
+        self, batch: list[_Request], began: float, result: Callable[[], text_pb2.EmbedTextResponse]
+    ) -> None:
+        """Answers a merged call's requests from ``result()`` (its reply, or the error it raises)
+        and frees its place for the requests queued behind it."""
+        try:
             try:
-                reply = done.result()
+                reply = result()
             except grpc.RpcError as error:
                 self._observe_call(_code_name(error), time.perf_counter() - began)
                 self._fail(batch, from_rpc_error(error, _SERVICE))
-            else:
-                self._observe_call("OK", time.perf_counter() - began)
-                self._answer(batch, reply)
-            finally:
-                self._finished()
-
-        try:
-            request, options = self._call_arguments(batch)
-            future = self._rpc.future(request, **options)
-        except Exception:  # nothing was sent; its requests must still be answered
-            _LOGGER.exception("a merged %s call failed to start", _SERVICE)
+                return
+            self._observe_call("OK", time.perf_counter() - began)
+            self._answer(batch, reply)
+        except Exception:  # noqa: BLE001 - a bug here must not leave requests waiting out their deadline
+            _LOGGER.exception("a merged %s call failed", _SERVICE)
             self._fail(
-                batch,
-                ApiError(grpc.StatusCode.INTERNAL, f"the call to the {_SERVICE} service failed to start"),
+                batch, ApiError(grpc.StatusCode.INTERNAL, f"the call to the {_SERVICE} service failed")
             )
+        finally:
             self._finished()
-            return
-        future.add_done_callback(completed)
 
     def _finished(self) -> None:
         """A merged call is back: the requests that queued meanwhile go out together."""
@@ -237,6 +232,10 @@ class TextEmbedMerger:
             raise from_rpc_error(error, _SERVICE) from None
         self._observe_call("OK", time.perf_counter() - began)
         return reply
+
+
+def _raise(error: BaseException):
+    raise error
 
 
 def _code_name(error: grpc.RpcError) -> str:

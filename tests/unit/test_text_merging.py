@@ -36,8 +36,11 @@ class RecordingTextService(text_pb2_grpc.TextEncoderServiceServicer):
         for index, text in enumerate(texts):
             if "bad" in text:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"texts[{index}] is bad")
+        rows = [vector(t) for t in texts]
+        if any("short of a row" in t for t in texts):  # a broken service's answer
+            rows = rows[:-1]
         return text_pb2.EmbedTextResponse(
-            embeddings=to_matrix(np.array([vector(t) for t in texts], dtype=np.float32)),
+            embeddings=to_matrix(np.array(rows, dtype=np.float32)),
             token_counts=[len(t.split()) for t in texts],
             truncated=[t.endswith("!") for t in texts],
             model_id="recording",
@@ -158,6 +161,21 @@ def test_an_invalid_text_fails_only_its_own_request_with_its_own_index(service) 
     np.testing.assert_array_equal(from_matrix(good_two.embeddings), np.array([vector("good two")]))
     assert isinstance(bad, ApiError) and bad.http_status == 400
     assert bad.message == "texts[1] is bad"  # its index in its own request, not in the merged call
+
+
+def test_a_merged_answer_that_does_not_fit_fails_its_requests_and_frees_its_place(service) -> None:
+    servicer, rpc = service
+    merger = Recorder().merger(rpc)
+    _, first_threads = hold_first_call(servicer, merger)
+    outcomes, threads = in_threads(merger, [["a cat"], ["answered short of a row"]])
+    wait_until(lambda: len(merger._queue) == 2)
+    servicer.gate.set()
+    for thread in first_threads + threads:
+        thread.join(10)
+    assert all(isinstance(error, ApiError) and error.http_status == 500 for error in outcomes)
+    assert "shape [1, 2] for 2 texts" in outcomes[0].message
+    reply = merger.embed(["still served"], time.monotonic() + 5, "after")  # the call's place came back
+    np.testing.assert_array_equal(from_matrix(reply.embeddings), np.array([vector("still served")]))
 
 
 def test_a_queued_request_gives_up_at_its_deadline_and_is_never_sent(service) -> None:
