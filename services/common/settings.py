@@ -110,8 +110,9 @@ class TextSettings(EncoderSettings):
     pooling: str = option("mean", "Sentence pooling: mean or cls.")
     trace_model: bool = option(
         True,
-        "On CPU, run the embedding model as a TorchScript trace (checked against the eager model when "
-        "it loads, which it falls back to): ~30 % less CPU for a lone sentence.",
+        "On CPU, run the embedding and classification models as TorchScript traces (each checked "
+        "against its eager model when it loads, which it falls back to): ~30 % less CPU for a lone "
+        "sentence.",
     )
     max_batch_tokens: int = option(16384, "Token budget of one forward pass (padded length x items).")
     lane_min_items: int = option(

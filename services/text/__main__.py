@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None, embedder_factory: type[TextEmbedder] = T
     classifier = None
     if settings.classifier_model:
         classifier = TextClassifier(
-            settings.classifier_model, settings.classifier_revision, settings.device, settings.dtype
-        )
+            settings.classifier_model, settings.classifier_revision, settings.device, settings.dtype,
+            trace=settings.trace_model,
+        )  # fmt: skip
     metrics = ServiceMetrics()
     service = TextService(settings, metrics, embedder, ner, classifier)
     asyncio.run(serve(settings, service, metrics, "text"))

@@ -18,6 +18,7 @@ from services.common.model_source import model_revision
 from services.text.embedding import estimated_tokens
 from services.text.labels import checked_labels
 from services.text.tokenizers import TokenizerPool
+from services.text.traced import traced_forward
 
 LabelScores = list[tuple[str, float]]
 
@@ -25,13 +26,16 @@ LabelScores = list[tuple[str, float]]
 class TextClassifier:
     parallel_forward = True  # torch inference holds no per-call state; each pass borrows its own tokenizer
 
-    def __init__(self, model: str, revision: str = "", device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self, model: str, revision: str = "", device: str = "auto", dtype: str = "auto", trace: bool = True
+    ) -> None:
         if not model:
             raise ValueError("a text classifier needs a model directory or hub id")
         self._source = model
         self._revision = revision
         self._device, self._dtype = resolve_device(device, dtype)
         self._max_length = 512
+        self._trace = trace
 
     def load(self) -> ModelDescription:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -47,6 +51,9 @@ class TextClassifier:
         self._labels = checked_labels(model.config, self._source)
         self._multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
         self._model = model.to(self._device, self._dtype).eval()
+        self._logits = self._eager_logits
+        if self._trace and self._device.type == "cpu":
+            self._logits = traced_forward(self._model, tokenizer) or self._eager_logits
         self._tokenizers = TokenizerPool(tokenizer)
         limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
         self._max_length = int(min(x for x in limits if x and x < 1_000_000))
@@ -59,6 +66,9 @@ class TextClassifier:
             max_input_tokens=self._max_length,
             labels=tuple(self._labels),
         )
+
+    def _eager_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._model(**inputs).logits
 
     def item_cost(self, item: tuple[str, int]) -> int:
         return estimated_tokens(item[0], self._max_length)
@@ -73,7 +83,7 @@ class TextClassifier:
                 return_tensors="pt",
             )
         with torch.inference_mode():
-            logits = self._model(**{k: v.to(self._device) for k, v in encoded.items()}).logits.float()
+            logits = self._logits({k: v.to(self._device) for k, v in encoded.items()}).float()
             scores = torch.sigmoid(logits) if self._multi_label else torch.softmax(logits, dim=-1)
         top_k = max(k for _, k in items)
         values, indices = scores.topk(min(top_k, len(self._labels)), dim=-1)

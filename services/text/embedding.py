@@ -21,7 +21,7 @@ from services.common.backend import ModelDescription
 from services.common.device import dtype_name, resolve_device
 from services.common.model_source import model_revision
 from services.text.tokenizers import TokenizerPool
-from services.text.traced import traced_hidden_states
+from services.text.traced import traced_forward
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class TextEmbedder:
         self._max_length = limit
         self._hidden_states = self._eager_hidden_states
         if self._trace and self._device.type == "cpu" and not self._is_clip:
-            self._hidden_states = traced_hidden_states(self._model, tokenizer) or self._eager_hidden_states
+            self._hidden_states = traced_forward(self._model, tokenizer) or self._eager_hidden_states
         return ModelDescription(
             model_id=self._model_id,
             revision=model_revision(self._source, self._revision),

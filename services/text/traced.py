@@ -1,4 +1,4 @@
-"""A text encoder's forward pass traced to TorchScript, for CPU inference.
+"""A text model's forward pass traced to TorchScript, for CPU inference.
 
 An eager transformers model runs Python around every op; for MiniLM on one thread that is about
 30 % of a one-sentence pass's CPU (11.8-13.5 against 17.1-18.9 ms) and 8 % at eight sentences.
@@ -28,15 +28,15 @@ _CHECK_TEXTS = (
     "on a batch of another size",
     "and with longer sentences than the example it was traced on, so the sequence length differs too",
 )
-# Largest difference from the eager model's hidden states that still counts as the same model.
+# Largest difference from the eager model's output that still counts as the same model.
 _TOLERANCE = 1e-4
 
-HiddenStates = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+Forward = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
 class _Positional(torch.nn.Module):
-    """The model with its inputs in a fixed order and its last hidden state as the output (what a
-    trace can record)."""
+    """The model with its inputs in a fixed order and its first output as the only one (an
+    encoder's last hidden state, a classifier's logits): what a trace can record."""
 
     def __init__(self, model: torch.nn.Module, names: Sequence[str]) -> None:
         super().__init__()
@@ -59,8 +59,9 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
 
 
-def traced_hidden_states(model: torch.nn.Module, tokenizer) -> HiddenStates | None:
-    """``inputs -> last hidden state`` through a checked TorchScript trace, or None to stay eager."""
+def traced_forward(model: torch.nn.Module, tokenizer) -> Forward | None:
+    """``inputs -> the model's first output`` through a checked TorchScript trace, or None to stay
+    eager."""
     try:
         example = tokenizer(list(_TRACE_TEXTS), padding=True, return_tensors="pt")
         names = tuple(example.keys())
@@ -72,18 +73,29 @@ def traced_hidden_states(model: torch.nn.Module, tokenizer) -> HiddenStates | No
             )
             check = tokenizer(list(_CHECK_TEXTS), padding=True, return_tensors="pt")
             inputs = tuple(check[n] for n in names)
-            mask = check["attention_mask"].unsqueeze(-1)
-            difference = float(((positional(*inputs) - traced(*inputs)).abs() * mask).max())
+            difference = _largest_difference(positional(*inputs), traced(*inputs), check["attention_mask"])
     except Exception as error:  # noqa: BLE001 - any model the tracer cannot follow stays eager
-        _LOGGER.warning("text model kept eager: tracing failed (%s: %s)", type(error).__name__, error)
+        _LOGGER.warning("%s kept eager: tracing failed (%s: %s)", _name(model), type(error).__name__, error)
         return None
     if not difference <= _TOLERANCE:
-        _LOGGER.warning("text model kept eager: its trace differs from it by %.2g", difference)
+        _LOGGER.warning("%s kept eager: its trace differs from it by %.2g", _name(model), difference)
         return None
 
-    _LOGGER.info("text model traced to TorchScript (largest difference from eager: %.2g)", difference)
+    _LOGGER.info("%s traced to TorchScript (largest difference from eager: %.2g)", _name(model), difference)
 
-    def hidden_states(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return traced(*(inputs[n] for n in names))
 
-    return hidden_states
+    return forward
+
+
+def _largest_difference(eager: torch.Tensor, traced: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    """Per token outputs are compared where the mask holds a token (padding is free to differ)."""
+    difference = (eager - traced).abs()
+    if difference.dim() == 3:
+        difference = difference * attention_mask.unsqueeze(-1)
+    return float(difference.max())
+
+
+def _name(model: torch.nn.Module) -> str:
+    return f"text model {type(model).__name__}"

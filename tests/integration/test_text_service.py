@@ -45,7 +45,7 @@ def embed(stub, texts: list[str]) -> text_pb2.EmbedTextResponse:
 def test_served_embeddings_equal_the_in_process_model(
     stub, in_process: TextEmbedder, text_service: ServiceProcess
 ) -> None:
-    assert "text model traced to TorchScript" in text_service.log_path.read_text()
+    assert "text model BertModel traced to TorchScript" in text_service.log_path.read_text()
     served = from_matrix(embed(stub, SENTENCES).embeddings)
     local = in_process.process(SENTENCES).vectors
     assert served.shape == (len(SENTENCES), 384)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from services.text import traced
+from services.text.classifier import TextClassifier
 from services.text.embedding import TextEmbedder
 from tests.support.tiny_text_models import save_tiny_classifier
 
@@ -38,6 +39,17 @@ def test_the_traced_model_embeds_every_batch_shape_like_the_eager_one(tiny_model
         np.testing.assert_allclose(got.vectors, expected.vectors, atol=1e-5)
         np.testing.assert_array_equal(got.token_counts, expected.token_counts)
         np.testing.assert_array_equal(got.truncated, expected.truncated)
+
+
+def test_the_traced_classifier_scores_like_the_eager_one(tiny_model: Path) -> None:
+    eager, compiled = (TextClassifier(str(tiny_model), device="cpu", trace=trace) for trace in (False, True))
+    eager.load()
+    compiled.load()
+    assert compiled._logits != compiled._eager_logits  # the trace is in use
+    items = [(text, 3) for text in TEXTS] + [("x " * 300, 2)]  # the last one truncated
+    for got, expected in zip(compiled.process(items), eager.process(items), strict=True):
+        assert [label for label, _ in got] == [label for label, _ in expected]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-5)
 
 
 def test_a_trace_that_disagrees_with_the_eager_model_is_not_used(
