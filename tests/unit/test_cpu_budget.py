@@ -109,3 +109,23 @@ def test_a_pass_alone_gets_the_lone_thread_count_and_one_beside_it_its_lanes() -
     later.join(10)
     assert seen == {"first": 2, "beside": 1, "later, alone again": 2}
     assert PassThreads(alone=1, beside=1).around(process) is process  # nothing to switch
+
+
+def test_only_cpu_models_in_a_process_that_configured_threads_get_their_passes_widened() -> None:
+    torch = pytest.importorskip("torch")
+    from services.common import device
+
+    def process(items: list[str]) -> list[str]:
+        return items
+
+    saved, threads = device._pass_threads, torch.get_num_threads()
+    try:
+        device._pass_threads = None  # an ONNX service never configures torch threads
+        assert device.widen_lone_passes(process, "cpu") is process
+        device._pass_threads = device.PassThreads(alone=2, beside=1)
+        assert device.widen_lone_passes(process, "cuda:0") is process  # a GPU batches, it needs no threads
+        widened = device.widen_lone_passes(process, "cpu")
+        assert widened is not process and widened(["a"]) == ["a"]
+    finally:
+        device._pass_threads = saved
+        torch.set_num_threads(threads)  # the widened pass set this thread's count
