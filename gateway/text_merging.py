@@ -25,17 +25,18 @@ from dataclasses import dataclass, field
 import grpc
 
 from gateway.errors import ApiError, from_rpc_error
-from mmserve.v1 import common_pb2, text_pb2
-from services.common.logs import REQUEST_ID_HEADER
+from mmserve.v1 import text_pb2
+from services.common.errors import InvalidInput
+from services.common.logs import MAX_REQUEST_ID_LEN, REQUEST_ID_HEADER
+from services.common.matrix import from_matrix, to_matrix
 
 _LOGGER = logging.getLogger(__name__)
-# Request ids the merged call's metadata may list (the services keep ids up to 128 characters).
-_MAX_REQUEST_ID_LEN = 128
-_FLOAT32_BYTES = 4
 _SERVICE = "text"
 
 # (gRPC code name, seconds) -> None: the caller's metrics for each call sent.
 ObserveCall = Callable[[str, float], None]
+# texts -> the reply of a call of their own, or the client's ApiError (on the request's thread).
+CallAlone = Callable[[Sequence[str]], text_pb2.EmbedTextResponse]
 
 
 @dataclass(eq=False)
@@ -54,7 +55,7 @@ class _Request:
 def merged_request_id(ids: Sequence[str]) -> str:
     """The ids of the requests a merged call answers, as many as fit the services' limit."""
     joined = ",".join(ids)
-    if len(joined) <= _MAX_REQUEST_ID_LEN:
+    if len(joined) <= MAX_REQUEST_ID_LEN:
         return joined
     return f"{ids[0]}+{len(ids) - 1}"
 
@@ -65,6 +66,7 @@ class TextEmbedMerger:
     def __init__(
         self,
         rpc: grpc.UnaryUnaryMultiCallable,
+        call_alone: CallAlone,
         *,
         max_items: int,
         max_in_flight: int,
@@ -72,6 +74,7 @@ class TextEmbedMerger:
         observe_merged: Callable[[int], None],
     ) -> None:
         self._rpc = rpc
+        self._call_alone = call_alone
         self._max_items = max_items
         self._max_in_flight = max_in_flight
         self._observe_call = observe_call
@@ -81,10 +84,11 @@ class TextEmbedMerger:
         self._in_flight = 0
 
     def embed(self, texts: Sequence[str], deadline: float, request_id: str) -> text_pb2.EmbedTextResponse:
-        """The reply for ``texts``, as one unmerged call would give it; raises the client's ApiError."""
-        request = _Request(texts, deadline, request_id)
+        """The reply for ``texts``, as one unmerged call would give it; raises the client's ApiError.
+        Called on the request's own thread (``call_alone`` runs there)."""
         if len(texts) >= self._max_items:  # a full call already: nothing to gain by waiting
-            return self._send_alone(request)
+            return self._call_alone(texts)
+        request = _Request(texts, deadline, request_id)
         with self._lock:
             self._queue.append(request)
             batch = self._take()
@@ -102,7 +106,7 @@ class TextEmbedMerger:
                 f"the {_SERVICE} service did not answer within the deadline",
             )
         if request.alone:
-            return self._send_alone(request)
+            return self._call_alone(texts)
         if request.error is not None:
             raise request.error
         return request.reply
@@ -178,25 +182,19 @@ class TextEmbedMerger:
             batch[0].reply = reply
             batch[0].done.set()
             return
-        shape = list(reply.embeddings.shape)
         total = sum(len(queued.texts) for queued in batch)
-        if (
-            len(shape) != 2
-            or shape[0] != total
-            or len(reply.embeddings.data) != total * shape[1] * _FLOAT32_BYTES
-        ):
-            message = f"the {_SERVICE} service answered embeddings of shape {shape} for {total} texts"
-            self._fail(batch, ApiError(grpc.StatusCode.INTERNAL, message))
+        try:
+            matrix = from_matrix(reply.embeddings)
+            if matrix.ndim != 2 or len(matrix) != total:
+                raise InvalidInput(f"embeddings of shape {list(matrix.shape)} for {total} texts")
+        except InvalidInput as error:
+            self._fail(batch, ApiError(grpc.StatusCode.INTERNAL, f"the {_SERVICE} service answered {error}"))
             return
-        row_bytes = shape[1] * _FLOAT32_BYTES
-        data = reply.embeddings.data
         start = 0
         for queued in batch:
             end = start + len(queued.texts)
             queued.reply = text_pb2.EmbedTextResponse(
-                embeddings=common_pb2.Float32Matrix(
-                    shape=[end - start, shape[1]], data=data[start * row_bytes : end * row_bytes]
-                ),
+                embeddings=to_matrix(matrix[start:end]),
                 token_counts=reply.token_counts[start:end],
                 truncated=reply.truncated[start:end],
                 model_id=reply.model_id,
@@ -212,26 +210,6 @@ class TextEmbedMerger:
             queued.alone = one_requests_fault
             queued.error = error
             queued.done.set()
-
-    def _send_alone(self, request: _Request) -> text_pb2.EmbedTextResponse:
-        began = time.perf_counter()
-        remaining = request.deadline - time.monotonic()
-        if remaining <= 0:
-            raise ApiError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"the request's deadline passed before calling the {_SERVICE} service",
-            )
-        try:
-            reply = self._rpc(
-                text_pb2.EmbedTextRequest(texts=request.texts),
-                timeout=remaining,
-                metadata=((REQUEST_ID_HEADER, request.request_id),),
-            )
-        except grpc.RpcError as error:
-            self._observe_call(_code_name(error), time.perf_counter() - began)
-            raise from_rpc_error(error, _SERVICE) from None
-        self._observe_call("OK", time.perf_counter() - began)
-        return reply
 
 
 def _raise(error: BaseException):

@@ -87,6 +87,7 @@ class Upstreams:
         self._text_merger = (
             TextEmbedMerger(
                 self._backends["text"].stub.Embed,
+                lambda texts: self._call_now("text", "Embed", text_pb2.EmbedTextRequest(texts=texts)),
                 max_items=settings.text_merge_max_items,
                 max_in_flight=settings.text_merge_in_flight,
                 observe_call=lambda code, seconds: metrics.upstream.labels("text", "Embed", code).observe(
@@ -113,7 +114,13 @@ class Upstreams:
         return remaining
 
     def call(self, service: str, method: str, request):
-        """A blocking call; returns the reply or raises the ApiError the client gets."""
+        """A blocking call; returns the reply or raises the ApiError the client gets. The text
+        service's ``Embed`` calls of concurrent requests are merged (see gateway.text_merging)."""
+        if self._text_merger is not None and service == "text" and method == "Embed":
+            return self._text_merger.embed(request.texts, self._deadline(), request_id_var.get())
+        return self._call_now(service, method, request)
+
+    def _call_now(self, service: str, method: str, request):
         rpc = getattr(self._backends[service].stub, method)
         timeout = self._timeout_s(service)
         began = time.perf_counter()
@@ -125,12 +132,6 @@ class Upstreams:
             raise from_rpc_error(error, service) from None
         finally:
             self._metrics.upstream.labels(service, method, code).observe(time.perf_counter() - began)
-
-    def embed_texts(self, texts: list[str]) -> text_pb2.EmbedTextResponse:
-        """The text service's ``Embed``; concurrent requests' texts share calls (see gateway.text_merging)."""
-        if self._text_merger is None:
-            return self.call("text", "Embed", text_pb2.EmbedTextRequest(texts=texts))
-        return self._text_merger.embed(texts, self._deadline(), request_id_var.get())
 
     def start(self, service: str, method: str, request) -> Pending:
         """Starts a call without waiting, so independent calls run in parallel."""

@@ -16,17 +16,12 @@ import uuid
 REQUEST_ID_HEADER = "x-request-id"
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
-_MAX_REQUEST_ID_LEN = 128
+MAX_REQUEST_ID_LEN = 128
 
 
 def sanitize_request_id(candidate: str | None) -> str:
     """Keeps a caller's id if it is short and printable; otherwise makes a new one."""
-    if (
-        candidate
-        and len(candidate) <= _MAX_REQUEST_ID_LEN
-        and candidate.isascii()
-        and candidate.isprintable()
-    ):
+    if candidate and len(candidate) <= MAX_REQUEST_ID_LEN and candidate.isascii() and candidate.isprintable():
         return candidate
     return uuid.uuid4().hex
 

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, from_rpc_error
 from gateway.text_merging import TextEmbedMerger, merged_request_id
 from mmserve.v1 import text_pb2, text_pb2_grpc
 from services.common.matrix import from_matrix, to_matrix
@@ -64,10 +64,19 @@ class Recorder:
     def __init__(self) -> None:
         self.codes: list[str] = []
         self.merged: list[int] = []
+        self.alone: list[list[str]] = []  # requests sent by themselves
 
     def merger(self, rpc, *, max_items: int = 32, max_in_flight: int = 1) -> TextEmbedMerger:
+        def call_alone(texts):  # what the gateway's Upstreams.call does for one request
+            self.alone.append(list(texts))
+            try:
+                return rpc(text_pb2.EmbedTextRequest(texts=texts), timeout=10)
+            except grpc.RpcError as error:
+                raise from_rpc_error(error, "text") from None
+
         return TextEmbedMerger(
             rpc,
+            call_alone,
             max_items=max_items,
             max_in_flight=max_in_flight,
             observe_call=lambda code, _seconds: self.codes.append(code),
@@ -145,7 +154,8 @@ def test_a_merged_call_holds_at_most_max_items_texts(service) -> None:
 
 def test_an_invalid_text_fails_only_its_own_request_with_its_own_index(service) -> None:
     servicer, rpc = service
-    merger = Recorder().merger(rpc)
+    recorder = Recorder()
+    merger = recorder.merger(rpc)
     _, first_threads = hold_first_call(servicer, merger)
     queued = [["good one"], ["fine", "a bad text"], ["good two"]]
     outcomes, threads = in_threads(merger, queued)
@@ -161,6 +171,7 @@ def test_an_invalid_text_fails_only_its_own_request_with_its_own_index(service) 
     np.testing.assert_array_equal(from_matrix(good_two.embeddings), np.array([vector("good two")]))
     assert isinstance(bad, ApiError) and bad.http_status == 400
     assert bad.message == "texts[1] is bad"  # its index in its own request, not in the merged call
+    assert sorted(recorder.alone) == sorted(queued)  # each went again by itself
 
 
 def test_a_merged_answer_that_does_not_fit_fails_its_requests_and_frees_its_place(service) -> None:
@@ -194,7 +205,8 @@ def test_a_queued_request_gives_up_at_its_deadline_and_is_never_sent(service) ->
 
 def test_a_full_request_does_not_wait_behind_the_queue(service) -> None:
     servicer, rpc = service
-    merger = Recorder().merger(rpc, max_items=4)
+    recorder = Recorder()
+    merger = recorder.merger(rpc, max_items=4)
     _, first_threads = hold_first_call(servicer, merger)
     full = ["one", "two", "three", "four"]
     outcomes, threads = in_threads(merger, [full])
@@ -203,6 +215,7 @@ def test_a_full_request_does_not_wait_behind_the_queue(service) -> None:
     for thread in first_threads + threads:
         thread.join(10)
     np.testing.assert_array_equal(from_matrix(outcomes[0].embeddings), np.array([vector(t) for t in full]))
+    assert recorder.alone == [full]
 
 
 def test_an_unavailable_service_fails_every_request_fast() -> None:

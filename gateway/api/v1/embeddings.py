@@ -162,20 +162,17 @@ def openai_embeddings(body: dict) -> Response:
         groups.setdefault(kind, []).append(index)
     if body["model"]:
         _check_model(body["model"], {_MODALITY_OF[kind] for kind in groups})
-    if list(groups) == ["text"]:  # the common case: its call merges with other requests'
-        replies = {"text": upstreams.embed_texts([text for _, text in items])}
-    else:
-        requests = {
-            kind: call([items[i][1] for i in groups[kind]])
-            for kind, call in _EMBED_CALLS.items()
-            if kind in groups
-        }
-        if len(requests) == 1:  # a blocking call costs half the CPU of a future
-            ((kind, (service, method, request)),) = requests.items()
-            replies = {kind: upstreams.call(service, method, request)}
-        else:  # the modalities go to different encoders (or methods): ask them all at once
-            calls = [upstreams.start(*call) for call in requests.values()]
-            replies = dict(zip(requests, wait_all(calls), strict=True))
+    requests = {
+        kind: call([items[i][1] for i in groups[kind]])
+        for kind, call in _EMBED_CALLS.items()
+        if kind in groups
+    }
+    if len(requests) == 1:  # the common case: a blocking call costs half the CPU of a future
+        ((kind, (service, method, request)),) = requests.items()
+        replies = {kind: upstreams.call(service, method, request)}
+    else:  # the modalities go to different encoders (or methods): ask them all at once
+        calls = [upstreams.start(*call) for call in requests.values()]
+        replies = dict(zip(requests, wait_all(calls), strict=True))
 
     vectors: list[Any] = [None] * len(items)
     models = []
@@ -257,7 +254,7 @@ EMBED_TEXT_RESPONSE = obj(
     body=EMBED_TEXT, response=EMBED_TEXT_RESPONSE,
 )  # fmt: skip
 def embed_text(body: dict) -> Response:
-    reply = state().upstreams.embed_texts(body["texts"])
+    reply = state().upstreams.call("text", "Embed", text_pb2.EmbedTextRequest(texts=body["texts"]))
     return json_response(
         {
             "model": reply.model_id,
