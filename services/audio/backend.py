@@ -121,8 +121,8 @@ def top_labels(scores: np.ndarray, labels: Sequence[str], top_k: int) -> LabelSc
 def onnx_threads(settings: AudioSettings) -> int:
     """Intra-op threads of each ONNX forward pass: the CPUs shared among the forward lanes
     (services/common/batcher.py); onnxruntime takes them per session, at load."""
-    from services.audio.onnx_session import runs_on_gpu
     from services.common.device import forward_lanes, threads_per_lane
+    from services.common.onnx_session import runs_on_gpu
 
     lanes = forward_lanes(settings.forward_lanes, runs_on_gpu(settings.device))
     return threads_per_lane(settings.torch_threads, lanes)

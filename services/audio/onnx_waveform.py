@@ -24,9 +24,9 @@ import numpy as np
 
 from services.audio.backend import SegmentOutputs
 from services.audio.features import Segment, window_segments
-from services.audio.onnx_session import check_float32, create_session, device_of
 from services.common.backend import ModelDescription, loads_once
 from services.common.errors import NotReady
+from services.common.onnx_session import check_float32, create_session, device_of
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ import numpy as np
 
 from services.audio.backend import SegmentOutputs
 from services.audio.features import SAMPLE_RATE_HZ, Segment, patch_segments
-from services.audio.onnx_session import check_float32, create_session, device_of
 from services.common.backend import ModelDescription, loads_once
 from services.common.errors import NotReady
+from services.common.onnx_session import check_float32, create_session, device_of
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -95,6 +95,10 @@ class PassThreads:
 
         return run
 
+    def current(self) -> int:
+        """The count this thread's last pass ran with (``beside`` before its first)."""
+        return getattr(self._thread, "threads", self.beside)
+
     def _use(self, threads: int) -> None:
         if getattr(self._thread, "threads", None) != threads:
             import torch
@@ -104,6 +108,25 @@ class PassThreads:
 
 
 _pass_threads: PassThreads | None = None  # this process's, once configure_threads ran
+
+
+def pass_thread_counts() -> tuple[int, ...]:
+    """The intra-op thread counts this process's forward passes run with (lone and beside)."""
+    if _pass_threads is None:
+        import torch
+
+        return (torch.get_num_threads(),)
+    return tuple(sorted({_pass_threads.alone, _pass_threads.beside}))
+
+
+def current_pass_threads() -> int:
+    """The intra-op thread count of the pass running on this thread: what a runtime with thread
+    pools of its own (onnxruntime) should use, where torch reads its per-thread setting."""
+    if _pass_threads is None:
+        import torch
+
+        return torch.get_num_threads()
+    return _pass_threads.current()
 
 
 def widen_lone_passes(process: Callable[[Sequence[Any]], Any], device: str) -> Callable[[Sequence[Any]], Any]:

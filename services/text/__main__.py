@@ -23,14 +23,14 @@ def main(argv: list[str] | None = None, embedder_factory: type[TextEmbedder] = T
     configure_threads(settings.torch_threads, lanes, settings.lone_pass_threads)
     embedder = embedder_factory(
         settings.model, settings.revision, settings.pooling, settings.device, settings.dtype,
-        trace=settings.trace_model,
+        cpu_runtime=settings.cpu_runtime,
     )  # fmt: skip
     ner = create_ner(settings.ner_model, settings.ner_revision, settings.device, settings.dtype)
     classifier = None
     if settings.classifier_model:
         classifier = TextClassifier(
             settings.classifier_model, settings.classifier_revision, settings.device, settings.dtype,
-            trace=settings.trace_model,
+            cpu_runtime=settings.cpu_runtime,
         )  # fmt: skip
     metrics = ServiceMetrics()
     service = TextService(settings, metrics, embedder, ner, classifier)

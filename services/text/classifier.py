@@ -15,10 +15,10 @@ import torch
 from services.common.backend import ModelDescription
 from services.common.device import dtype_name, resolve_device
 from services.common.model_source import model_revision
+from services.text.compiled import check_runtime, compiled_forward
 from services.text.embedding import estimated_tokens
 from services.text.labels import checked_labels
 from services.text.tokenizers import TokenizerPool
-from services.text.traced import traced_forward
 
 LabelScores = list[tuple[str, float]]
 
@@ -27,7 +27,12 @@ class TextClassifier:
     parallel_forward = True  # torch inference holds no per-call state; each pass borrows its own tokenizer
 
     def __init__(
-        self, model: str, revision: str = "", device: str = "auto", dtype: str = "auto", trace: bool = True
+        self,
+        model: str,
+        revision: str = "",
+        device: str = "auto",
+        dtype: str = "auto",
+        cpu_runtime: str = "onnxruntime",
     ) -> None:
         if not model:
             raise ValueError("a text classifier needs a model directory or hub id")
@@ -35,7 +40,8 @@ class TextClassifier:
         self._revision = revision
         self._device, self._dtype = resolve_device(device, dtype)
         self._max_length = 512
-        self._trace = trace
+        check_runtime(cpu_runtime)
+        self._cpu_runtime = cpu_runtime
 
     def load(self) -> ModelDescription:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -52,8 +58,8 @@ class TextClassifier:
         self._multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
         self._model = model.to(self._device, self._dtype).eval()
         self._logits = self._eager_logits
-        if self._trace and self._device.type == "cpu":
-            self._logits = traced_forward(self._model, tokenizer) or self._eager_logits
+        if self._device.type == "cpu":
+            self._logits = compiled_forward(self._model, tokenizer, self._cpu_runtime) or self._eager_logits
         self._tokenizers = TokenizerPool(tokenizer)
         limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
         self._max_length = int(min(x for x in limits if x and x < 1_000_000))

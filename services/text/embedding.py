@@ -20,8 +20,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from services.common.backend import ModelDescription
 from services.common.device import dtype_name, resolve_device
 from services.common.model_source import model_revision
+from services.text.compiled import check_runtime, compiled_forward
 from services.text.tokenizers import TokenizerPool
-from services.text.traced import traced_forward
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class TextEmbedder:
         pooling: str = "mean",
         device: str = "auto",
         dtype: str = "auto",
-        trace: bool = True,
+        cpu_runtime: str = "onnxruntime",
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
@@ -88,7 +88,8 @@ class TextEmbedder:
         self._pooling = pooling
         self._device, self._dtype = resolve_device(device, dtype)
         self._is_clip = False
-        self._trace = trace
+        check_runtime(cpu_runtime)
+        self._cpu_runtime = cpu_runtime
 
     def load(self) -> ModelDescription:
         kwargs = {"revision": self._revision} if self._revision else {}
@@ -114,8 +115,10 @@ class TextEmbedder:
         self._model = model.to(self._device, self._dtype).eval()
         self._max_length = limit
         self._hidden_states = self._eager_hidden_states
-        if self._trace and self._device.type == "cpu" and not self._is_clip:
-            self._hidden_states = traced_forward(self._model, tokenizer) or self._eager_hidden_states
+        if self._device.type == "cpu" and not self._is_clip:
+            self._hidden_states = (
+                compiled_forward(self._model, tokenizer, self._cpu_runtime) or self._eager_hidden_states
+            )
         return ModelDescription(
             model_id=self._model_id,
             revision=model_revision(self._source, self._revision),

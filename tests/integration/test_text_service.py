@@ -33,7 +33,7 @@ def stub(text_service: ServiceProcess):
 
 @pytest.fixture(scope="module")
 def in_process() -> TextEmbedder:
-    embedder = TextEmbedder(trace=False)  # the eager model: the reference for the traced one served
+    embedder = TextEmbedder(cpu_runtime="eager")  # the reference for the compiled one served
     embedder.load()
     return embedder
 
@@ -45,7 +45,7 @@ def embed(stub, texts: list[str]) -> text_pb2.EmbedTextResponse:
 def test_served_embeddings_equal_the_in_process_model(
     stub, in_process: TextEmbedder, text_service: ServiceProcess
 ) -> None:
-    assert "text model BertModel traced to TorchScript" in text_service.log_path.read_text()
+    assert "text model BertModel runs on onnxruntime" in text_service.log_path.read_text()
     served = from_matrix(embed(stub, SENTENCES).embeddings)
     local = in_process.process(SENTENCES).vectors
     assert served.shape == (len(SENTENCES), 384)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.audio.backend import model_family, pool_embeddings, pool_scores, top_labels
-from services.audio.onnx_session import CPU_PROVIDER, check_float32, providers_for
+from services.common.onnx_session import CPU_PROVIDER, check_float32, providers_for
 from services.common.settings import AudioSettings
 
 

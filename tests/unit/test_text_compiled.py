@@ -1,0 +1,158 @@
+"""The text encoders compiled for CPU (onnxruntime, a TorchScript trace): the eager model's
+answers, and the next runtime down, finally the eager model, whenever in doubt."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.common import device
+from services.common.device import PassThreads
+from services.text import compiled, onnx_forward
+from services.text.classifier import TextClassifier
+from services.text.embedding import TextEmbedder
+from tests.support.tiny_text_models import save_tiny_classifier
+
+TEXTS = [
+    "one",
+    "a sentence of middling length",
+    "and a much longer sentence than the others, so that the batch is padded well beyond them",
+]
+COMPILED = ("onnxruntime", "torchscript")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny_classifier(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_model: Path) -> TextEmbedder:
+    return embedder(tiny_model, "eager")
+
+
+def embedder(model: Path, runtime: str) -> TextEmbedder:
+    backend = TextEmbedder(str(model), device="cpu", cpu_runtime=runtime)
+    backend.load()
+    return backend
+
+
+def assert_same_embeddings(got: TextEmbedder, expected: TextEmbedder) -> None:
+    for batch in ([TEXTS[0]], TEXTS, TEXTS * 5, [TEXTS[2], "x " * 300]):  # the last one truncated
+        want, have = expected.process(batch), got.process(batch)
+        np.testing.assert_allclose(have.vectors, want.vectors, atol=1e-5)
+        np.testing.assert_array_equal(have.token_counts, want.token_counts)
+        np.testing.assert_array_equal(have.truncated, want.truncated)
+
+
+@pytest.mark.parametrize("runtime", COMPILED)
+def test_a_compiled_model_embeds_every_batch_shape_like_the_eager_one(
+    tiny_model: Path, eager: TextEmbedder, runtime: str, caplog
+) -> None:
+    with caplog.at_level(logging.INFO, logger=compiled.__name__):
+        backend = embedder(tiny_model, runtime)
+    assert f"runs on {runtime}" in caplog.text
+    assert backend._hidden_states != backend._eager_hidden_states
+    assert_same_embeddings(backend, eager)
+
+
+@pytest.mark.parametrize("runtime", COMPILED)
+def test_a_compiled_classifier_scores_like_the_eager_one(tiny_model: Path, runtime: str) -> None:
+    reference, backend = (
+        TextClassifier(str(tiny_model), device="cpu", cpu_runtime=r) for r in ("eager", runtime)
+    )
+    reference.load()
+    backend.load()
+    assert backend._logits != backend._eager_logits
+    items = [(text, 3) for text in TEXTS] + [("x " * 300, 2)]  # the last one truncated
+    for got, expected in zip(backend.process(items), reference.process(items), strict=True):
+        assert [label for label, _ in got] == [label for label, _ in expected]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-5)
+
+
+def test_onnxruntime_has_a_session_for_each_pass_thread_count(
+    tiny_model: Path, eager: TextEmbedder, monkeypatch
+) -> None:
+    threads = PassThreads(alone=2, beside=1)
+    monkeypatch.setattr(device, "_pass_threads", threads)
+    made = []
+    create = onnx_forward.create_session
+
+    def recording(model, where, count):
+        made.append(count)
+        return create(model, where, count)
+
+    monkeypatch.setattr(onnx_forward, "create_session", recording)
+    backend = embedder(tiny_model, "onnxruntime")
+    assert sorted(made) == [1, 2]
+
+    def lone_and_beside() -> None:  # a lane thread: its count is what its pass set
+        for count in (2, 1):
+            threads._use(count)
+            assert device.current_pass_threads() == count
+            assert_same_embeddings(backend, eager)
+
+    lane = threading.Thread(target=lone_and_beside)
+    lane.start()
+    lane.join()
+    assert len(made) == 2  # no session made after load
+
+
+def test_a_runtime_that_fails_gives_way_to_the_next(
+    tiny_model: Path, eager: TextEmbedder, monkeypatch, caplog
+) -> None:
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("cannot export this model")
+
+    monkeypatch.setitem(compiled.RUNTIMES, "onnxruntime", refuse)
+    with caplog.at_level(logging.INFO, logger=compiled.__name__):
+        backend = embedder(tiny_model, "onnxruntime")
+    assert "not on onnxruntime: it failed (RuntimeError: cannot export this model)" in caplog.text
+    assert "runs on torchscript" in caplog.text
+    assert_same_embeddings(backend, eager)
+
+
+def test_a_model_no_runtime_can_take_stays_eager(tiny_model: Path, monkeypatch, caplog) -> None:
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("cannot compile this model")
+
+    monkeypatch.setattr(compiled.torch.jit, "trace", refuse)
+    monkeypatch.setattr(onnx_forward.torch.onnx, "export", refuse)
+    with caplog.at_level(logging.INFO, logger=compiled.__name__):
+        backend = embedder(tiny_model, "onnxruntime")
+    assert backend._hidden_states == backend._eager_hidden_states
+    assert "not on torchscript: it failed (RuntimeError: cannot compile this model)" in caplog.text
+    assert "runs eager" in caplog.text
+
+
+def test_a_compiled_model_that_disagrees_with_the_eager_one_is_not_used(
+    tiny_model: Path, monkeypatch, caplog
+) -> None:
+    monkeypatch.setattr(compiled, "_TOLERANCE", -1.0)  # no difference, not even none, is small enough
+    with caplog.at_level(logging.WARNING, logger=compiled.__name__):
+        backend = embedder(tiny_model, "onnxruntime")
+    assert backend._hidden_states == backend._eager_hidden_states
+    assert caplog.text.count("differs from the eager model") == 2  # onnxruntime, then torchscript
+    assert backend.process(TEXTS).vectors.shape == (3, 32)
+
+
+def test_eager_and_torchscript_skip_the_runtimes_above_them(tiny_model: Path, monkeypatch) -> None:
+    def unexpected(*_args, **_kwargs):
+        raise AssertionError("onnxruntime was not asked for")
+
+    monkeypatch.setitem(compiled.RUNTIMES, "onnxruntime", unexpected)
+    backend = embedder(tiny_model, "torchscript")
+    assert backend._hidden_states != backend._eager_hidden_states
+    backend = embedder(tiny_model, "eager")
+    assert backend._hidden_states == backend._eager_hidden_states
+
+
+def test_an_unknown_runtime_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match="unknown CPU runtime 'tensorrt'; choose from onnxruntime, torchscript, eager"
+    ):
+        TextEmbedder(cpu_runtime="tensorrt")
