@@ -21,12 +21,18 @@ from scripts.stack import SPIN_COUNT, ServiceProcess, start_service
 # each on cpus / lanes intra-op threads (services/common/batcher.py).
 _ONE_FORWARD = {"MMSERVE_TEXT_FORWARD_LANES": "1", "MMSERVE_VISION_FORWARD_LANES": "1"}
 SETUPS: dict[str, dict[str, str | None]] = {
-    "1 lane x 2 threads, spin (OpenMP default)": {"OMP_WAIT_POLICY": None, **_ONE_FORWARD},  # None: unset
-    "1 lane x 2 threads, passive": {"OMP_WAIT_POLICY": "PASSIVE", **_ONE_FORWARD},
-    "2 lanes x 1 thread, passive, lone passes on 1": {
-        "OMP_WAIT_POLICY": "PASSIVE",
-        "MMSERVE_TEXT_LONE_PASS_THREADS": "1",
-        "MMSERVE_VISION_LONE_PASS_THREADS": "1",
+    "1 lane x 2 threads, spin (OpenMP default)": {
+        "OMP_WAIT_POLICY": None,
+        "GOMP_SPINCOUNT": None,
+        **_ONE_FORWARD,
+    },
+    "1 lane x 2 threads, passive": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None, **_ONE_FORWARD},
+    "2 lanes x 1 thread, passive": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None},
+    "2 lanes x 1 thread, lone passes on both CPUs, short spin": {
+        "OMP_WAIT_POLICY": None,
+        "GOMP_SPINCOUNT": SPIN_COUNT,
+        "MMSERVE_TEXT_LONE_PASS_THREADS": "0",
+        "MMSERVE_VISION_LONE_PASS_THREADS": "0",
     },
     "2 lanes x 1 thread, short spin (default)": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": SPIN_COUNT},
 }

@@ -139,13 +139,14 @@ def widen_lone_passes(process: Callable[[Sequence[Any]], Any], device: str) -> C
 
 def configure_threads(torch_threads: int, lanes: int = 1, lone_pass_threads: int = 0) -> int:
     """Sets torch's intra-op threads of each forward pass (``threads_per_lane``), and of a pass that
-    runs alone (``lone_pass_threads``; 0: every lane's). Returns the per-lane count."""
+    runs alone (``lone_pass_threads``; 0: every lane's; at least a lane's). Returns the per-lane count."""
     import torch
 
     global _pass_threads
     threads = threads_per_lane(torch_threads, lanes)
     torch.set_num_threads(threads)
-    _pass_threads = PassThreads(lone_pass_threads or threads * lanes, threads)
+    # A lone pass never gets fewer threads than its lane's share (one lane: every pass is lone).
+    _pass_threads = PassThreads(max(lone_pass_threads or threads * lanes, threads), threads)
     if lanes > 1:
         # Forward lanes run Python between torch ops and hand the GIL over only every switch
         # interval; at the default 5 ms the event loop, waiting behind two of them, fell so far

@@ -88,11 +88,13 @@ class EncoderSettings(ServerSettings):
         "the next free lane.",
     )
     lone_pass_threads: int = option(
-        0,
+        1,
         "Intra-op CPU threads of a forward pass that starts while no other runs in the process (a lone "
-        "request); 0: every lane's threads, so it uses the CPUs the idle lanes leave (on CPU). Worth it "
-        "with a short OpenMP spin (GOMP_SPINCOUNT, as the images and make run set it); with "
-        "OMP_WAIT_POLICY=PASSIVE two sleeping threads were slower than one.",
+        "request), never fewer than a lane's; 0: every lane's threads. One by default (a lane's share): "
+        "on two threads a lone image took 56-66 ms "
+        "against 39-43 on one, and text on onnxruntime did ~8 % less at concurrency 8 (a pass beside a "
+        "two-thread one runs three threads on two CPUs). A TorchScript text model (cpu_runtime) gained "
+        "from 0: a lone sentence about a fifth faster, with GOMP_SPINCOUNT's short spin.",
     )
     max_batch_size: int = option(32, "Most items in one forward pass.")
     max_wait_ms: float = option(0.0, "Extra wait for a fuller batch when the model is idle.")
@@ -114,13 +116,6 @@ class TextSettings(EncoderSettings):
         "trace) or eager (transformers as it is). Each is checked against the eager model when it "
         "loads and gives way to the next on a failure or a difference. One sentence on one thread: "
         "about 5.5 ms onnxruntime, 10 torchscript, 15 eager (MiniLM).",
-    )
-    lone_pass_threads: int = option(
-        1,
-        "Intra-op CPU threads of a forward pass that starts while no other runs in the process (a lone "
-        "request); 0: every lane's threads. One with onnxruntime (the cpu_runtime default): with two, a "
-        "lone sentence was ~1 ms faster but passes overlapping it slower, and concurrency 8 did ~8 % "
-        "less. With torchscript, 0 (two threads) made a lone sentence about a fifth faster.",
     )
     max_batch_tokens: int = option(16384, "Token budget of one forward pass (padded length x items).")
     lane_min_items: int = option(

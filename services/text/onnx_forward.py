@@ -8,9 +8,9 @@ at 8 and 32.
 A session's intra-op thread count is fixed when it is made, while each forward lane sets its
 count per pass (services.common.device.PassThreads): one session per count the process uses,
 made at load and shared by the lanes (``run`` is thread-safe). A one-thread session runs on its
-caller's thread. The text service runs a lone pass on one thread too (TextSettings
-lone_pass_threads): with a second thread, lone requests were ~1 ms faster, but passes that
-overlapped one another ran three threads on two CPUs, and concurrency 8 did ~8 % less.
+caller's thread. The encoders run a lone pass on one thread too (lone_pass_threads, 1): with a
+second thread lone sentences were ~1 ms faster, but passes that overlapped one another ran three
+threads on two CPUs, and concurrency 8 did ~8 % less.
 """
 
 from __future__ import annotations

@@ -75,6 +75,9 @@ def test_forward_lanes_default_to_one_per_cpu_and_share_the_threads() -> None:
         assert (device._pass_threads.alone, device._pass_threads.beside) == (2, 1)
         configure_threads(1, lanes=2, lone_pass_threads=1)
         assert (device._pass_threads.alone, device._pass_threads.beside) == (1, 1)
+        # Never fewer than a lane's own: with one lane every pass is lone.
+        configure_threads(2, lanes=1, lone_pass_threads=1)
+        assert (device._pass_threads.alone, device._pass_threads.beside) == (2, 2)
     finally:
         torch.set_num_threads(before)
         sys.setswitchinterval(switch_interval)
