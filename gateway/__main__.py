@@ -1,4 +1,5 @@
-"""Runs the gateway under gunicorn: ``python -m gateway [--flags]`` (env MMSERVE_GATEWAY_*).
+"""Runs the gateway: ``python -m gateway [--flags]`` (env MMSERVE_GATEWAY_*), under gunicorn
+(the default) or granian (``--server granian``, gateway/granian_server.py).
 
 Threads (gthread) suit a gateway that mostly waits on gRPC. No preload: each worker builds
 its app, and so its gRPC channels, after the fork (grpc's fork-support rule).
@@ -16,8 +17,9 @@ from gunicorn.glogging import Logger
 
 from gateway.auth import parse_api_keys
 from gateway.model_names import parse_aliases
-from gateway.worker import HeadTimeoutWorker, QuietStalledClients
-from services.common.logs import JsonFormatter, configure_logging
+from gateway.server_logs import json_logging
+from gateway.worker import HeadTimeoutWorker
+from services.common.logs import configure_logging
 from services.common.settings import GatewaySettings, load_settings
 
 
@@ -41,7 +43,7 @@ class GatewayServer(BaseApplication):
             "accesslog": None,  # the app logs one JSON line per request itself, with its request id
             "logger_class": NoAccessLogger,
             "loglevel": s.log_level.lower(),
-            "logconfig_dict": _json_logging(s.log_level),
+            "logconfig_dict": json_logging(s.log_level, "gunicorn.error"),
             "child_exit": _mark_worker_dead,
             # The default control socket is one fixed path per user: several gateways on a host would share it.
             "control_socket_disable": True,
@@ -64,32 +66,24 @@ class NoAccessLogger(Logger):
         return None
 
 
-def _json_logging(level: str) -> dict:
-    """gunicorn's own messages (start, worker boot and exit) as the same JSON lines as the app's."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": JsonFormatter, "service": "gateway"}},
-        "filters": {"stalled": {"()": QuietStalledClients}},
-        "handlers": {"stderr": {**handler, "filters": ["stalled"]}},
-        "root": {"level": level.upper(), "handlers": ["stderr"]},
-        "loggers": {"gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False}},
-    }
-
-
 def _mark_worker_dead(_server, worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
 
 
+SERVERS = ("gunicorn", "granian")
+
+
 def main(argv: list[str] | None = None) -> None:
-    settings = load_settings(GatewaySettings, sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    settings = load_settings(GatewaySettings, argv)
     configure_logging("gateway", settings.log_level)
     try:
         parse_api_keys(settings)  # fail before forking workers that would each fail to boot
         parse_aliases(settings.model_aliases)
+        if settings.server not in SERVERS:
+            raise ValueError(f"unknown server {settings.server!r}; choose from {', '.join(SERVERS)}")
     except ValueError as exc:
         raise SystemExit(f"gateway: {exc}") from None
     # Several workers share one metrics view through files in a fresh directory.
@@ -97,7 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     master_pid = os.getpid()
     try:
-        GatewayServer(settings).run()
+        if settings.server == "granian":
+            from gateway.granian_server import serve
+
+            serve(settings, argv)
+        else:
+            GatewayServer(settings).run()
     finally:
         # Workers are forks of this frame and exit through it too: only the master may remove the
         # directory, or a worker still booting would find it gone and fail.

@@ -28,6 +28,7 @@ GATEWAY_DISTRIBUTIONS = {
     "flask": "flask",
     "werkzeug": "flask",
     "gunicorn": "gunicorn",
+    "granian": "granian",
     "grpc": "grpcio",
     "grpc_health": "grpcio-health-checking",
     "google": "protobuf",

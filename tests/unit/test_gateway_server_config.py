@@ -20,3 +20,10 @@ def test_gunicorn_builds_no_access_log_fields_for_a_log_nobody_writes(monkeypatc
 
     monkeypatch.setattr(logger, "atoms", no_fields)
     logger.access(None, None, {}, None)
+
+
+def test_an_unknown_http_server_is_refused_before_anything_starts() -> None:
+    from gateway.__main__ import main
+
+    with pytest.raises(SystemExit, match="gateway: unknown server 'nginx'; choose from gunicorn, granian"):
+        main(["--server", "nginx"])
