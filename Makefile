@@ -37,6 +37,7 @@ bench: venv
 	$(PY) -m bench.encoders
 	$(PY) -m bench.fusion
 	$(PY) -m bench.gateway
+	$(PY) -m bench.servers
 	$(PY) -m bench.mixed
 	$(PY) -m bench.tracing
 
