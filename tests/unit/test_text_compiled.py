@@ -156,3 +156,13 @@ def test_an_unknown_runtime_is_refused() -> None:
         ValueError, match="unknown CPU runtime 'tensorrt'; choose from onnxruntime, torchscript, eager"
     ):
         TextEmbedder(cpu_runtime="tensorrt")
+
+
+def test_a_model_that_refuses_the_check_batch_stays_eager(tiny_model: Path, monkeypatch, caplog) -> None:
+    # Longer than the tiny model's 128 positions, and its tokenizer sets no lower limit to truncate to.
+    monkeypatch.setattr(compiled, "_CHECK_TEXTS", ("one " * 400,))
+    with caplog.at_level(logging.WARNING, logger=compiled.__name__):
+        backend = embedder(tiny_model, "onnxruntime")
+    assert backend._hidden_states == backend._eager_hidden_states
+    assert "runs eager: its check batch failed" in caplog.text
+    assert backend.process(TEXTS).vectors.shape == (3, 32)
