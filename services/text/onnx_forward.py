@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
 from services.common.device import current_pass_threads, pass_thread_counts
@@ -33,18 +32,14 @@ def onnx_forward(
     """``positional`` (inputs in ``names`` order -> one output tensor) as onnxruntime sessions."""
     model = _export(positional, example, names)
     sessions = {threads: create_session(model, "cpu", threads) for threads in pass_thread_counts()}
-    counts = sorted(sessions)
+    fewest = sessions[min(sessions)]  # for a count set after load, which no session was made for
     # The exporter drops inputs the model ignores (a tokenizer's token_type_ids, say).
-    wanted = {i.name for i in sessions[counts[0]].get_inputs()}
+    wanted = {i.name for i in fewest.get_inputs()}
 
     def forward(*tensors: torch.Tensor) -> torch.Tensor:
-        threads = current_pass_threads()
-        # A count no session was made for (changed after load): the nearest one below, or the least.
-        session = (
-            sessions.get(threads) or sessions[max((c for c in counts if c <= threads), default=counts[0])]
-        )
+        session = sessions.get(current_pass_threads(), fewest)
         feeds = {n: tensor.numpy() for n, tensor in zip(names, tensors, strict=True) if n in wanted}
-        return torch.from_numpy(np.asarray(session.run(None, feeds)[0]))
+        return torch.from_numpy(session.run(None, feeds)[0])
 
     return forward
 

@@ -79,27 +79,38 @@ def test_onnxruntime_has_a_session_for_each_pass_thread_count(
 ) -> None:
     threads = PassThreads(alone=2, beside=1)
     monkeypatch.setattr(device, "_pass_threads", threads)
-    made = []
+    made, ran = [], []
     create = onnx_forward.create_session
 
     def recording(model, where, count):
         made.append(count)
-        return create(model, where, count)
+        session = create(model, where, count)
+        run = session.run
+        session.run = lambda *args, **kwargs: (ran.append(count), run(*args, **kwargs))[1]
+        return session
 
     monkeypatch.setattr(onnx_forward, "create_session", recording)
     backend = embedder(tiny_model, "onnxruntime")
     assert sorted(made) == [1, 2]
+    ran.clear()  # the load's own check
+
+    seen: dict[int, tuple] = {}
 
     def lone_and_beside() -> None:  # a lane thread: its count is what its pass set
         for count in (2, 1):
             threads._use(count)
-            assert device.current_pass_threads() == count
-            assert_same_embeddings(backend, eager)
+            del ran[:]
+            seen[count] = (device.current_pass_threads(), backend.process(TEXTS).vectors, list(ran))
 
     lane = threading.Thread(target=lone_and_beside)
     lane.start()
     lane.join()
-    assert len(made) == 2  # no session made after load
+    expected = eager.process(TEXTS).vectors
+    for count in (2, 1):  # each pass ran on the session made for its thread count
+        current, vectors, sessions_run = seen[count]
+        assert current == count
+        assert sessions_run == [count]
+        np.testing.assert_allclose(vectors, expected, atol=1e-5)
 
 
 def test_a_runtime_that_fails_gives_way_to_the_next(
