@@ -91,10 +91,8 @@ class EncoderSettings(ServerSettings):
         1,
         "Intra-op CPU threads of a forward pass that starts while no other runs in the process (a lone "
         "request), never fewer than a lane's; 0: every lane's threads. One by default (a lane's share): "
-        "on two threads a lone image took 56-66 ms "
-        "against 39-43 on one, and text on onnxruntime did ~8 % less at concurrency 8 (a pass beside a "
-        "two-thread one runs three threads on two CPUs). A TorchScript text model (cpu_runtime) gained "
-        "from 0: a lone sentence about a fifth faster, with GOMP_SPINCOUNT's short spin.",
+        "text on onnxruntime did ~8 % less at concurrency 8 with 0 (a pass beside a two-thread one runs "
+        "three threads on two CPUs), though a lone sentence was ~1 ms faster.",
     )
     max_batch_size: int = option(32, "Most items in one forward pass.")
     max_wait_ms: float = option(0.0, "Extra wait for a fuller batch when the model is idle.")
@@ -155,6 +153,20 @@ class VisionSettings(EncoderSettings):
     max_image_pixels: int = option(40_000_000, "Largest accepted width x height, checked before decoding.")
     min_image_side_px: int = option(8, "Smallest accepted width or height in pixels.")
     top_k: int = option(5, "Default number of labels Classify returns.")
+    lone_pass_threads: int = option(
+        0,
+        "Intra-op CPU threads of a forward pass that starts while no other runs in the process (a lone "
+        "request), never fewer than a lane's; 0: every lane's threads. 0 by default: on onnxruntime a "
+        "lone image through the gateway took 14.7-15.3 ms (p50) on two threads against 17.7-18.2 on one, "
+        "with concurrency 8 unchanged.",
+    )
+    cpu_runtime: str = option(
+        "onnxruntime",
+        "What runs the packaged EfficientNet-Lite0 on CPU: onnxruntime, torchscript (a trace) or eager; "
+        "checked against the eager model when it loads, each gives way to the next on a failure or a "
+        "difference (a transformers model stays eager). One image on one thread: about 11 ms "
+        "onnxruntime, 33-38 eager, and eager grows slower per image as the batch grows.",
+    )
     decode_threads: int = option(2, "Threads that decode and preprocess images, off the event loop.")
     max_videos_per_request: int = option(4, "Most videos in one EmbedVideo request.")
     max_video_bytes: int = option(32 * 1024 * 1024, "Largest accepted encoded video in bytes.")

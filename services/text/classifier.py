@@ -13,9 +13,10 @@ from collections.abc import Sequence
 import torch
 
 from services.common.backend import ModelDescription
+from services.common.compiled import check_runtime
 from services.common.device import dtype_name, resolve_device
 from services.common.model_source import model_revision
-from services.text.compiled import check_runtime, compiled_forward
+from services.text.compiled import compiled_forward
 from services.text.embedding import estimated_tokens
 from services.text.labels import checked_labels
 from services.text.tokenizers import TokenizerPool

@@ -18,9 +18,10 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from services.common.backend import ModelDescription
+from services.common.compiled import check_runtime
 from services.common.device import dtype_name, resolve_device
 from services.common.model_source import model_revision
-from services.text.compiled import check_runtime, compiled_forward
+from services.text.compiled import compiled_forward
 from services.text.tokenizers import TokenizerPool
 
 _LOGGER = logging.getLogger(__name__)

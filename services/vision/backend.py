@@ -88,7 +88,9 @@ class ImageClassification:
 def _efficientnet(settings: VisionSettings) -> VisionModel:
     from services.vision.efficientnet_lite import EfficientNetLiteModel
 
-    return EfficientNetLiteModel(device=settings.device, dtype=settings.dtype)
+    return EfficientNetLiteModel(
+        device=settings.device, dtype=settings.dtype, cpu_runtime=settings.cpu_runtime
+    )
 
 
 def _transformers(settings: VisionSettings) -> VisionModel:

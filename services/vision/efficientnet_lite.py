@@ -8,6 +8,10 @@ Preprocessing follows the TensorFlow EfficientNet-Lite evaluation the weights we
 with: the central 224/256 of the shorter side resized to 224x224 (bicubic), then
 (pixel - 127) / 128 on the 0-255 scale. The embedding is the 1280-d global average of the
 last feature map: exactly the vector the model's own forward feeds its classifier.
+
+On CPU the features run on onnxruntime by default (``cpu_runtime``): on one thread 10.5-12 ms per
+image at batch 1, 8 and 32, against 33-38, 42-56 and 91-100 ms eager (whose depthwise
+convolutions grow slower per image as the batch grows).
 """
 
 from __future__ import annotations
@@ -22,12 +26,19 @@ import torch
 from PIL import Image
 
 from services.common.backend import ModelDescription, loads_once
+from services.common.compiled import check_runtime
 from services.common.device import dtype_name, resolve_device
 from services.common.errors import NotReady
 from services.common.model_source import model_revision
 from services.vision.backend import LabelScores
 from services.vision.preprocessing import ImageTransform
-from services.vision.torch_common import device_name, normalised_rows, to_input, top_labels
+from services.vision.torch_common import (
+    compiled_pixels_forward,
+    device_name,
+    normalised_rows,
+    to_input,
+    top_labels,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,9 +76,12 @@ class EfficientNetLiteModel:
 
     transform = TRANSFORM
 
-    def __init__(self, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(self, device: str = "auto", dtype: str = "auto", cpu_runtime: str = "onnxruntime") -> None:
+        check_runtime(cpu_runtime)
         self._device, self._dtype = resolve_device(device, dtype)
+        self._cpu_runtime = cpu_runtime
         self._model = None
+        self._pooled_features = None
         self._labels: list[str] = []
 
     @loads_once
@@ -79,6 +93,17 @@ class EfficientNetLiteModel:
         # Strict: every tensor of the architecture must come from the file (from_pretrained is lenient).
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
         self._model = model.to(device=self._device, dtype=self._dtype).eval()
+        self._pooled_features = _PooledFeatures(self._model).eval()
+        if self._device.type == "cpu" and self._dtype == torch.float32:
+            self._pooled_features = (
+                compiled_pixels_forward(
+                    self._pooled_features,
+                    (IMAGE_SIDE_PX, IMAGE_SIDE_PX),
+                    self._cpu_runtime,
+                    f"vision model {MODEL_ID}",
+                )
+                or self._pooled_features
+            )
         self._labels = imagenet_labels()
         if model._fc.out_features != len(self._labels):
             raise RuntimeError(
@@ -96,11 +121,9 @@ class EfficientNetLiteModel:
 
     def _features(self, batch: np.ndarray) -> torch.Tensor:
         """Pooled 1280-d features, computed as the model's own forward computes them."""
-        if self._model is None:
+        if self._pooled_features is None:
             raise NotReady("the vision model is not loaded")
-        x = to_input(batch, self._device, self._dtype)
-        feature_map = self._model.extract_features(x)
-        return self._model._avg_pooling(feature_map).flatten(start_dim=1)
+        return self._pooled_features(to_input(batch, self._device, self._dtype))
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -113,3 +136,14 @@ class EfficientNetLiteModel:
 
     def classify(self, batch: np.ndarray, top_k: int) -> list[LabelScores]:
         return top_labels(self.logits(batch), self._labels, top_k)
+
+
+class _PooledFeatures(torch.nn.Module):
+    """The 1280-d pooled features alone (what a CPU runtime compiles): pixels -> (N, 1280)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model._avg_pooling(self.model.extract_features(pixels)).flatten(start_dim=1)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from services.common.compiled import Positional, Probe, compile_positional
 from services.vision.backend import LabelScores
 
 
@@ -15,6 +16,24 @@ def to_input(batch: np.ndarray, device: torch.device, dtype: torch.dtype) -> tor
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected a batch of shape (N, 3, H, W), got {batch.shape}")
     return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device=device, dtype=dtype)
+
+
+def compiled_pixels_forward(
+    module: torch.nn.Module, image_hw: tuple[int, int], runtime: str, description: str
+) -> Positional | None:
+    """``module`` (pixels (N, 3, H, W) -> (N, D)) on a CPU runtime (services/common/compiled.py),
+    checked on random pixels at another batch size; None to stay eager."""
+
+    def probe() -> Probe:
+        generator = torch.Generator().manual_seed(0)
+        return Probe(
+            names=("pixels",),
+            example=(torch.randn(2, 3, *image_hw, generator=generator),),
+            check=(torch.randn(3, 3, *image_hw, generator=generator),),
+            dynamic_axes={"pixels": {0: "batch"}},
+        )
+
+    return compile_positional(module.eval(), probe, runtime, description)
 
 
 def normalised_rows(vectors: torch.Tensor) -> np.ndarray:

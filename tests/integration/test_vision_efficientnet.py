@@ -1,12 +1,18 @@
-"""The default EfficientNet-Lite0 backend in-process: pooling, head and labels as the model defines them."""
+"""The default EfficientNet-Lite0 backend in-process: pooling, head and labels as the model defines
+them, on every CPU runtime (onnxruntime by default) as on the eager model."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from services.common import compiled
+from services.common.settings import VisionSettings
+from services.vision.backend import create_model
 from services.vision.efficientnet_lite import EfficientNetLiteModel, imagenet_labels
 
 
@@ -57,3 +63,43 @@ def test_classify_is_softmax_top_k(backend, batch) -> None:
         order = np.argsort(-expected)[:4]
         assert [label for label, _ in row] == [backend.description.labels[i] for i in order]
         np.testing.assert_allclose([score for _, score in row], expected[order], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def eager() -> EfficientNetLiteModel:
+    loaded = EfficientNetLiteModel(device="cpu", dtype="float32", cpu_runtime="eager")
+    loaded.load()
+    return loaded
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torchscript"])
+def test_a_compiled_runtime_embeds_and_classifies_like_the_eager_model(
+    runtime: str, batch: np.ndarray, eager: EfficientNetLiteModel, caplog
+) -> None:
+    with caplog.at_level(logging.INFO, logger=compiled.__name__):
+        model = EfficientNetLiteModel(device="cpu", dtype="float32", cpu_runtime=runtime)
+        model.load()
+    assert f"vision model efficientnet-lite0 runs on {runtime}" in caplog.text
+    for rows in (batch[:1], batch, np.concatenate([batch, batch[::-1]])):  # batch sizes 1, 3, 6
+        np.testing.assert_allclose(model.embed(rows), eager.embed(rows), atol=1e-5)
+        np.testing.assert_allclose(model.logits(rows).numpy(), eager.logits(rows).numpy(), atol=1e-4)
+
+
+def test_a_runtime_that_fails_gives_way_to_the_next(
+    batch: np.ndarray, eager: EfficientNetLiteModel, monkeypatch, caplog
+) -> None:
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("cannot export this model")
+
+    monkeypatch.setitem(compiled.RUNTIMES, "onnxruntime", refuse)
+    with caplog.at_level(logging.INFO, logger=compiled.__name__):
+        model = EfficientNetLiteModel(device="cpu", dtype="float32")
+        model.load()
+    assert "vision model efficientnet-lite0 not on onnxruntime: it failed (RuntimeError" in caplog.text
+    assert "runs on torchscript" in caplog.text
+    np.testing.assert_allclose(model.embed(batch), eager.embed(batch), atol=1e-5)
+
+
+def test_the_setting_reaches_the_model_and_unknown_runtimes_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown CPU runtime 'tensorrt'; choose from onnxruntime"):
+        create_model(VisionSettings(cpu_runtime="tensorrt"))

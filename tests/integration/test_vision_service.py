@@ -70,7 +70,7 @@ def stub(vision_service: ServiceProcess):
 
 @pytest.fixture(scope="module")
 def in_process() -> EfficientNetLiteModel:
-    backend = EfficientNetLiteModel(device="cpu", dtype="float32")
+    backend = EfficientNetLiteModel(device="cpu", dtype="float32", cpu_runtime="eager")  # the reference
     backend.load()
     return backend
 
@@ -83,7 +83,10 @@ def classify(stub, images: list[bytes], top_k: int = 0) -> vision_pb2.ClassifyIm
     return stub.Classify(vision_pb2.ClassifyImageRequest(images=images, top_k=top_k), timeout=30)
 
 
-def test_served_embeddings_equal_the_in_process_model(stub, in_process: EfficientNetLiteModel) -> None:
+def test_served_embeddings_equal_the_in_process_model(
+    stub, in_process: EfficientNetLiteModel, vision_service: ServiceProcess
+) -> None:
+    assert "vision model efficientnet-lite0 runs on onnxruntime" in vision_service.log_path.read_text()
     served = embed(stub, IMAGES)
     local = in_process.embed(
         np.stack([prepare_image(data, ImageLimits(), in_process.transform) for data in IMAGES])

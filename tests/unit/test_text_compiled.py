@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.common import device
+from services.common import compiled, device, onnx_forward
 from services.common.device import PassThreads
-from services.text import compiled, onnx_forward
+from services.text import compiled as text_compiled
 from services.text.classifier import TextClassifier
 from services.text.embedding import TextEmbedder
 from tests.support.tiny_text_models import save_tiny_classifier
@@ -171,7 +171,7 @@ def test_an_unknown_runtime_is_refused() -> None:
 
 def test_a_model_that_refuses_the_check_batch_stays_eager(tiny_model: Path, monkeypatch, caplog) -> None:
     # Longer than the tiny model's 128 positions, and its tokenizer sets no lower limit to truncate to.
-    monkeypatch.setattr(compiled, "_CHECK_TEXTS", ("one " * 400,))
+    monkeypatch.setattr(text_compiled, "_CHECK_TEXTS", ("one " * 400,))
     with caplog.at_level(logging.WARNING, logger=compiled.__name__):
         backend = embedder(tiny_model, "onnxruntime")
     assert backend._hidden_states == backend._eager_hidden_states
