@@ -90,7 +90,10 @@ def compile_positional(
             expected = positional(*built.check)
     except Exception as error:  # noqa: BLE001 - whatever the eager model refuses, it still runs eager
         _LOGGER.warning(
-            "%s runs eager: its check batch failed (%s: %s)", description, type(error).__name__, error
+            "%s runs eager: its check batch failed (%s: %s)",
+            description,
+            type(error).__name__,
+            _first_line(error),
         )
         return None
     for name in list(RUNTIMES)[list(RUNTIMES).index(runtime) :]:
@@ -108,7 +111,11 @@ def compile_positional(
                 )
         except Exception as error:  # noqa: BLE001 - a model a runtime cannot take runs on the next
             _LOGGER.warning(
-                "%s not on %s: it failed (%s: %s)", description, name, type(error).__name__, error
+                "%s not on %s: it failed (%s: %s)",
+                description,
+                name,
+                type(error).__name__,
+                _first_line(error),
             )
             continue
         if not gap <= _TOLERANCE:
@@ -118,6 +125,11 @@ def compile_positional(
         return compiled
     _LOGGER.info("%s runs eager", description)
     return None
+
+
+def _first_line(error: Exception) -> str:
+    """The exporter's errors carry the whole traced graph after their first line."""
+    return str(error).strip().split("\n", 1)[0][:500]
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ async def run(settings: FusionSettings) -> None:
         max_weights_bytes=settings.max_head_weights_bytes,
         metrics_registry=metrics.registry,
         configured=clients.modalities,
+        cpu_runtime=settings.head_cpu_runtime,
     )
     await serve(settings, FusionService(settings, clients, registry), metrics, "fusion")
 

@@ -41,6 +41,7 @@ from safetensors.torch import save as save_safetensors
 from services.common.backend import EncoderInfo
 from services.common.errors import FailedPrecondition, InvalidInput
 from services.fusion.attention import AttentionFusion
+from services.fusion.compiled_heads import Decision, compiled_decision
 from services.fusion.features import FeatureSchema
 from services.fusion.manifest import (
     FORMAT_VERSION,
@@ -157,9 +158,22 @@ class Head:
     statistics (``manifest.features``).
     """
 
-    def __init__(self, manifest: HeadManifest, module: FusionModel | AlignmentHead) -> None:
+    def __init__(
+        self, manifest: HeadManifest, module: FusionModel | AlignmentHead, decision: Decision | None = None
+    ) -> None:
         self.manifest = manifest
         self._module = module.eval()
+        # What predict runs: the module, or the same module compiled for CPU (compiled_for).
+        self._decision_forward = decision or self._module
+
+    def compiled_for(self, cpu_runtime: str) -> Head:
+        """This head with its decision layer on ``cpu_runtime`` (services/fusion/compiled_heads.py),
+        when it compiles and agrees with the eager module; explain and embed stay eager."""
+        if not isinstance(self._module, FusionModel) or cpu_runtime == "eager":
+            return self
+        dims = {m: self.manifest.input_dims[m] for m in self.manifest.inputs}
+        decision = compiled_decision(self._module, dims, cpu_runtime, f"head {self.name!r}")
+        return Head(self.manifest, self._module, decision) if decision is not None else self
 
     @property
     def name(self) -> str:
@@ -294,7 +308,7 @@ class Head:
             )
         tensors, row_masks = self._prepare(*_gather(text, image, text_mask, image_mask, inputs, masks))
         with torch.inference_mode():
-            raw = module(tensors, row_masks).double().numpy()
+            raw = self._decision_forward(tensors, row_masks).double().numpy()
             # Temperatures by missing modality apply to the modalities this head reads.
             reads = self.manifest.modalities
             outputs = split_outputs(raw, self.outputs, {m: row_masks[m].numpy() for m in reads})

@@ -26,6 +26,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter
 
 from services.common.backend import EncoderInfo
+from services.common.compiled import check_runtime
 from services.common.errors import FailedPrecondition, MmserveError, NotFound
 from services.common.settings import FusionSettings
 from services.fusion.heads import (
@@ -119,8 +120,11 @@ class HeadRegistry:
         max_weights_bytes: int = FusionSettings.max_head_weights_bytes,
         metrics_registry: CollectorRegistry | None = None,
         configured: Collection[str] = ENCODED,
+        cpu_runtime: str = "eager",
     ) -> None:
+        check_runtime(cpu_runtime)
         self._dir = heads_dir
+        self._cpu_runtime = cpu_runtime  # what runs each head's decision layer (Head.compiled_for)
         self._configured = tuple(configured)  # modalities whose encoder has an address
         self._refresh_infos = refresh_infos
         self._interval_s = interval_s
@@ -208,7 +212,8 @@ class HeadRegistry:
             return
         try:
             check_confined(directory, self._dir)
-            head = load_head(directory, self._max_weights_bytes)
+            # Compiled here, in the scan's thread: the event loop keeps serving meanwhile.
+            head = load_head(directory, self._max_weights_bytes).compiled_for(self._cpu_runtime)
         except Exception as error:  # noqa: BLE001 - one head's failure, whatever it is, is that head's alone
             self._refuse(name, stamp, error, kept=current is not None)
             return

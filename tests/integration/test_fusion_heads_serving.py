@@ -132,8 +132,10 @@ def test_refuse_and_allow_over_http(gateway_service: ServiceProcess, served: Pat
 
 
 def test_regression_values_are_served_in_target_units(
-    fusion, gateway_service, served: Path, rows, text_service, vision_service
+    fusion, gateway_service, served: Path, rows, text_service, vision_service, fusion_service
 ) -> None:
+    # Served from its compiled decision layer; the reference below is the eager module.
+    assert "head 'order_total' runs on onnxruntime" in fusion_service.log_path.read_text()
     batch = rows["order_total"]
     head = load_head(served / "order_total")
     text, image = encoder_embeddings(text_service, vision_service, batch)
