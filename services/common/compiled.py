@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -136,14 +137,16 @@ def _first_line(error: Exception) -> str:
 def _quietly() -> Iterator[None]:
     """The tracer and the exporter read every attribute of the model, and transformers warns about
     some (an unused loss setting) in its own format; the tracer notes each Python value it records
-    as a constant. Nothing in them concerns inference."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    as a constant. Nothing in them concerns inference. (A process that never imported transformers,
+    fusion with its own heads, has no transformers model to hear from.)"""
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    verbosity = hf_logging.get_verbosity() if hf_logging else None
+    if hf_logging:
+        hf_logging.set_verbosity_error()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        hf_logging.set_verbosity(verbosity)
+        if hf_logging:
+            hf_logging.set_verbosity(verbosity)
