@@ -254,7 +254,8 @@ class FusionSettings(ServerSettings):
         "onnxruntime",
         "What runs the heads' decision layers (Predict): onnxruntime, torchscript (a trace) or eager; "
         "each head is checked against its eager module when it loads and gives way to the next on a "
-        "failure or a difference. One row of a concat_mlp head: 0.07-0.24 ms onnxruntime, 0.33-0.75 eager.",
+        "failure or a difference. One row of a concat_mlp head: 0.07-0.24 ms onnxruntime, 0.33-0.75 eager. "
+        "A compiled head holds a second copy of its weights.",
     )
     tls_ca_file: str = option("", "PEM CA bundle to verify the encoders' certificates; enables TLS to them.")
     tls_client_cert_file: str = option("", "PEM client certificate presented to the encoders (mTLS).")
