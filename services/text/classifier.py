@@ -58,12 +58,15 @@ class TextClassifier:
         self._labels = checked_labels(model.config, self._source)
         self._multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
         self._model = model.to(self._device, self._dtype).eval()
-        self._logits = self._eager_logits
-        if self._device.type == "cpu":
-            self._logits = compiled_forward(self._model, tokenizer, self._cpu_runtime) or self._eager_logits
         self._tokenizers = TokenizerPool(tokenizer)
         limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
         self._max_length = int(min(x for x in limits if x and x < 1_000_000))
+        self._logits = self._eager_logits
+        if self._device.type == "cpu":
+            self._logits = (
+                compiled_forward(self._model, tokenizer, self._cpu_runtime, self._max_length)
+                or self._eager_logits
+            )
         return ModelDescription(
             model_id=self._source,
             revision=model_revision(self._source, self._revision),

@@ -41,15 +41,19 @@ class _Positional(torch.nn.Module):
         return self.model(**dict(zip(self.names, tensors, strict=True)))[0]
 
 
-def compiled_forward(model: torch.nn.Module, tokenizer, runtime: str = "onnxruntime") -> Forward | None:
+def compiled_forward(
+    model: torch.nn.Module, tokenizer, runtime: str = "onnxruntime", max_length: int | None = None
+) -> Forward | None:
     """``inputs -> the model's first output`` on ``runtime``, or on the next CPU runtime down that
-    compiles and agrees with the eager model; None to stay eager."""
-    # Truncated to the tokenizer's limit: a model may take fewer tokens than these texts have.
-    example = tokenizer(list(_EXAMPLE_TEXTS), padding=True, truncation=True, return_tensors="pt")
+    compiles and agrees with the eager model; None to stay eager. ``max_length``: the most tokens
+    the service gives the model (else the tokenizer's own limit)."""
+    # Truncated: a model may take fewer tokens than these texts have.
+    encode = {"padding": True, "truncation": True, "max_length": max_length, "return_tensors": "pt"}
+    example = tokenizer(list(_EXAMPLE_TEXTS), **encode)
     names = tuple(example.keys())
 
     def probe() -> Probe:
-        check = tokenizer(list(_CHECK_TEXTS), padding=True, truncation=True, return_tensors="pt")
+        check = tokenizer(list(_CHECK_TEXTS), **encode)
         return Probe(
             names=names,
             example=tuple(example[n] for n in names),

@@ -115,10 +115,10 @@ class TextEmbedder:
             limit = _max_length(self._source, tokenizer, config)
         self._model = model.to(self._device, self._dtype).eval()
         self._max_length = limit
-        self._hidden_states = self._eager_hidden_states
-        if self._device.type == "cpu" and not self._is_clip:
-            self._hidden_states = (
-                compiled_forward(self._model, tokenizer, self._cpu_runtime) or self._eager_hidden_states
+        self._first_output = self._eager_first_output
+        if self._device.type == "cpu":
+            self._first_output = (
+                compiled_forward(self._model, tokenizer, self._cpu_runtime, limit) or self._eager_first_output
             )
         return ModelDescription(
             model_id=self._model_id,
@@ -142,16 +142,14 @@ class TextEmbedder:
             truncated = self._truncated(tokenizer, texts, token_counts)
         with torch.inference_mode():
             inputs = {k: v.to(self._device) for k, v in encoded.items()}
-            if self._is_clip:
-                pooled = self._model(**inputs).text_embeds
-            else:
-                hidden = self._hidden_states(inputs)
-                pooled = self._pool(hidden, inputs["attention_mask"])
+            first = self._first_output(inputs)
+            # A CLIP text model's first output is its projected embedding; others' the last hidden state.
+            pooled = first if self._is_clip else self._pool(first, inputs["attention_mask"])
             vectors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1).cpu().numpy()
         return EmbeddingBatch(vectors, token_counts, truncated)
 
-    def _eager_hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._model(**inputs).last_hidden_state
+    def _eager_first_output(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._model(**inputs)[0]
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self._pooling == "cls":

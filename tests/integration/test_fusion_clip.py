@@ -91,6 +91,8 @@ def test_clip_pair_similarity_and_zero_shot_match_the_in_process_model(
             log_dir=log_dir,
         )
         started.append(fusion)
+        # The text tower is served compiled; the reference below is the eager CLIPModel.
+        assert "text model CLIPTextModelWithProjection runs on onnxruntime" in text.log_path.read_text()
         images = [png(seed) for seed in range(3)]
         with grpc.insecure_channel(fusion.address) as channel:
             stub = fusion_pb2_grpc.FusionServiceStub(channel)

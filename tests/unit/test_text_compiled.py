@@ -56,7 +56,7 @@ def test_a_compiled_model_embeds_every_batch_shape_like_the_eager_one(
     with caplog.at_level(logging.INFO, logger=compiled.__name__):
         backend = embedder(tiny_model, runtime)
     assert f"runs on {runtime}" in caplog.text
-    assert backend._hidden_states != backend._eager_hidden_states
+    assert backend._first_output != backend._eager_first_output
     assert_same_embeddings(backend, eager)
 
 
@@ -135,7 +135,7 @@ def test_a_model_no_runtime_can_take_stays_eager(tiny_model: Path, monkeypatch, 
     monkeypatch.setattr(onnx_forward.torch.onnx, "export", refuse)
     with caplog.at_level(logging.INFO, logger=compiled.__name__):
         backend = embedder(tiny_model, "onnxruntime")
-    assert backend._hidden_states == backend._eager_hidden_states
+    assert backend._first_output == backend._eager_first_output
     assert "not on torchscript: it failed (RuntimeError: cannot compile this model)" in caplog.text
     assert "runs eager" in caplog.text
 
@@ -146,7 +146,7 @@ def test_a_compiled_model_that_disagrees_with_the_eager_one_is_not_used(
     monkeypatch.setattr(compiled, "_TOLERANCE", -1.0)  # no difference, not even none, is small enough
     with caplog.at_level(logging.WARNING, logger=compiled.__name__):
         backend = embedder(tiny_model, "onnxruntime")
-    assert backend._hidden_states == backend._eager_hidden_states
+    assert backend._first_output == backend._eager_first_output
     assert caplog.text.count("differs from the eager model") == 2  # onnxruntime, then torchscript
     assert backend.process(TEXTS).vectors.shape == (3, 32)
 
@@ -157,9 +157,9 @@ def test_eager_and_torchscript_skip_the_runtimes_above_them(tiny_model: Path, mo
 
     monkeypatch.setitem(compiled.RUNTIMES, "onnxruntime", unexpected)
     backend = embedder(tiny_model, "torchscript")
-    assert backend._hidden_states != backend._eager_hidden_states
+    assert backend._first_output != backend._eager_first_output
     backend = embedder(tiny_model, "eager")
-    assert backend._hidden_states == backend._eager_hidden_states
+    assert backend._first_output == backend._eager_first_output
 
 
 def test_an_unknown_runtime_is_refused() -> None:
@@ -170,10 +170,23 @@ def test_an_unknown_runtime_is_refused() -> None:
 
 
 def test_a_model_that_refuses_the_check_batch_stays_eager(tiny_model: Path, monkeypatch, caplog) -> None:
-    # Longer than the tiny model's 128 positions, and its tokenizer sets no lower limit to truncate to.
+    from transformers import AutoModel, AutoTokenizer
+
+    # Longer than the tiny model's 128 positions, and its tokenizer sets no limit of its own.
     monkeypatch.setattr(text_compiled, "_CHECK_TEXTS", ("one " * 400,))
+    model, tokenizer = AutoModel.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
     with caplog.at_level(logging.WARNING, logger=compiled.__name__):
-        backend = embedder(tiny_model, "onnxruntime")
-    assert backend._hidden_states == backend._eager_hidden_states
+        assert text_compiled.compiled_forward(model, tokenizer, "onnxruntime") is None
     assert "runs eager: its check batch failed" in caplog.text
-    assert backend.process(TEXTS).vectors.shape == (3, 32)
+
+
+def test_the_check_batch_is_cut_to_the_tokens_the_service_gives_the_model(
+    tiny_model: Path, eager: TextEmbedder, monkeypatch, caplog
+) -> None:
+    # The same text, through the embedder: it truncates to what the model takes (a tiny CLIP's
+    # tokenizer, too, has no limit of its own), so the model compiles.
+    monkeypatch.setattr(text_compiled, "_CHECK_TEXTS", ("one " * 400,))
+    with caplog.at_level(logging.INFO, logger=compiled.__name__):
+        backend = embedder(tiny_model, "onnxruntime")
+    assert "runs on onnxruntime" in caplog.text
+    assert_same_embeddings(backend, eager)
