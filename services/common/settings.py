@@ -162,10 +162,11 @@ class VisionSettings(EncoderSettings):
     )
     cpu_runtime: str = option(
         "onnxruntime",
-        "What runs the packaged EfficientNet-Lite0 on CPU: onnxruntime, torchscript (a trace) or eager; "
+        "What runs the image model's embedding on CPU: onnxruntime, torchscript (a trace) or eager; "
         "checked against the eager model when it loads, each gives way to the next on a failure or a "
-        "difference (a transformers model stays eager). One image on one thread: about 11 ms "
-        "onnxruntime, 33-38 eager, and eager grows slower per image as the batch grows.",
+        "difference (a transformers model's Classify stays eager). One image on one thread: "
+        "EfficientNet-Lite0 about 11 ms onnxruntime, 33-38 eager (slower per image as batches grow); "
+        "ViT-B/16 410-440 vs 530-560.",
     )
     decode_threads: int = option(2, "Threads that decode and preprocess images, off the event loop.")
     max_videos_per_request: int = option(4, "Most videos in one EmbedVideo request.")

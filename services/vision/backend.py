@@ -97,7 +97,11 @@ def _transformers(settings: VisionSettings) -> VisionModel:
     from services.vision.transformers_backend import TransformersVisionModel
 
     return TransformersVisionModel(
-        settings.model, revision=settings.revision, device=settings.device, dtype=settings.dtype
+        settings.model,
+        revision=settings.revision,
+        device=settings.device,
+        dtype=settings.dtype,
+        cpu_runtime=settings.cpu_runtime,
     )
 
 

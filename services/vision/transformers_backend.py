@@ -25,13 +25,20 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from services.common.backend import ModelDescription, loads_once
+from services.common.compiled import check_runtime
 from services.common.device import dtype_name, resolve_device
 from services.common.errors import FailedPrecondition, NotReady
 from services.common.labels import real_labels
 from services.common.model_source import model_revision
 from services.vision.backend import LabelScores
 from services.vision.preprocessing import Preprocessor, transform_for_processor
-from services.vision.torch_common import device_name, normalised_rows, to_input, top_labels
+from services.vision.torch_common import (
+    compiled_pixels_forward,
+    device_name,
+    normalised_rows,
+    to_input,
+    top_labels,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,13 +58,23 @@ def model_kind(config: Any) -> str:
 class TransformersVisionModel:
     """A transformers image model as a vision backend (see the module docstring)."""
 
-    def __init__(self, model: str, revision: str = "", device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        model: str,
+        revision: str = "",
+        device: str = "auto",
+        dtype: str = "auto",
+        cpu_runtime: str = "onnxruntime",
+    ) -> None:
         if not model:
             raise ValueError("a model directory or hub id is required")
+        check_runtime(cpu_runtime)
         self._source = model
         self._revision = revision
         self._device, self._dtype = resolve_device(device, dtype)
+        self._cpu_runtime = cpu_runtime
         self._model: Any = None
+        self._pooled_embedding: Any = None
         self._transform: Preprocessor | None = None
         self._kind = ""
         self._labels: list[str] = []
@@ -88,6 +105,17 @@ class TransformersVisionModel:
         self._model = model.to(self._device).eval()
         # A pooler the checkpoint did not contain is freshly random: pool the tokens instead.
         self._use_pooler = not any("pooler" in key for key in info.get("missing_keys", ()))
+        self._pooled_embedding = _PooledEmbedding(self._model, self._kind, self._use_pooler).eval()
+        if self._device.type == "cpu" and self._dtype == torch.float32:
+            self._pooled_embedding = (
+                compiled_pixels_forward(
+                    self._pooled_embedding,
+                    self._transform.output_hw,
+                    self._cpu_runtime,
+                    f"vision model {self._source}",
+                )
+                or self._pooled_embedding
+            )
         if self._kind == "classifier":
             self._labels = real_labels(model.config)
             self._multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
@@ -127,20 +155,9 @@ class TransformersVisionModel:
         return AutoModel.from_pretrained(self._source, **common)
 
     def _pooled(self, batch: np.ndarray) -> torch.Tensor:
-        if self._model is None:
+        if self._pooled_embedding is None:
             raise NotReady("the vision model is not loaded")
-        pixel_values = to_input(batch, self._device, self._dtype)
-        if self._kind == "clip":
-            return self._model(pixel_values=pixel_values).image_embeds
-        encoder = self._model.base_model if self._kind == "classifier" else self._model
-        outputs = encoder(pixel_values=pixel_values)
-        pooled = getattr(outputs, "pooler_output", None) if self._use_pooler else None
-        if pooled is not None:
-            return pooled.flatten(start_dim=1)
-        hidden = outputs.last_hidden_state
-        if hidden.ndim == 4:  # (N, C, H, W) feature map of a convolutional encoder
-            return hidden.mean(dim=(2, 3))
-        return hidden[:, 0]  # the CLS token
+        return self._pooled_embedding(to_input(batch, self._device, self._dtype))
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -152,3 +169,28 @@ class TransformersVisionModel:
         with torch.inference_mode():
             logits = self._model(pixel_values=to_input(batch, self._device, self._dtype)).logits
             return top_labels(logits, self._labels, top_k, multi_label=self._multi_label)
+
+
+class _PooledEmbedding(torch.nn.Module):
+    """Pixels -> the embedding as the model kind defines it (what a CPU runtime compiles): CLIP's
+    projected image embedding; else the pooler's output when the checkpoint has a pooler, the
+    mean of a convolutional encoder's last feature map, or the [CLS] token."""
+
+    def __init__(self, model: torch.nn.Module, kind: str, use_pooler: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.kind = kind
+        self.use_pooler = use_pooler
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.kind == "clip":
+            return self.model(pixel_values=pixel_values).image_embeds
+        encoder = self.model.base_model if self.kind == "classifier" else self.model
+        outputs = encoder(pixel_values=pixel_values)
+        pooled = getattr(outputs, "pooler_output", None) if self.use_pooler else None
+        if pooled is not None:
+            return pooled.flatten(start_dim=1)
+        hidden = outputs.last_hidden_state
+        if hidden.ndim == 4:  # (N, C, H, W) feature map of a convolutional encoder
+            return hidden.mean(dim=(2, 3))
+        return hidden[:, 0]  # the CLS token

@@ -7,6 +7,8 @@ the transformers model run directly.
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from transformers import (
     ViTModel,
 )
 
+from services.common import compiled
 from services.common.errors import FailedPrecondition
 from services.common.settings import VisionSettings
 from services.vision.backend import create_model, model_family
@@ -258,3 +261,21 @@ def test_dtype_is_overridable(loaded) -> None:
     low, full = backend.embed(batch), float32_backend.embed(batch)
     assert low.dtype == np.float32
     assert np.min(np.sum(low * full, axis=1)) > 0.99
+
+
+@pytest.mark.parametrize(
+    "name", ["clip-vision", "clip-full", "vit", "vit-no-pooler", "vit-classifier", "resnet"]
+)
+def test_the_embedding_runs_compiled_on_cpu(model_dirs, name: str, caplog) -> None:
+    # The tests above compare these embeddings with the transformers models' own, run eagerly.
+    with caplog.at_level(logging.INFO, logger=compiled.__name__):
+        backend = create_model(VisionSettings(model=model_dirs[name]))
+        backend.load()
+    assert re.search(
+        rf"vision model {re.escape(model_dirs[name])} runs on (onnxruntime|torchscript)", caplog.text
+    )
+    eager = create_model(VisionSettings(model=model_dirs[name], cpu_runtime="eager"))
+    eager.load()
+    batch = batch_for(backend)
+    np.testing.assert_allclose(backend.embed(batch[:1]), eager.embed(batch[:1]), atol=1e-5)
+    np.testing.assert_allclose(backend.embed(batch), eager.embed(batch), atol=1e-5)
