@@ -13,9 +13,9 @@ from pathlib import Path
 
 from bench.gateway import ROUTES, cpu_seconds, payloads, run_http_load
 from bench.load import print_table
+from gateway.__main__ import SERVERS
 from scripts.stack import start_service
 
-SERVERS = ("gunicorn", "granian")
 CONCURRENCIES = (8, 32)
 
 

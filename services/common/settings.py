@@ -24,6 +24,13 @@ def option(default: Any, help: str, secret: bool = False) -> Any:  # noqa: A002 
     return dataclasses.field(default=default, metadata={"help": help}, repr=not secret)
 
 
+# What lone_pass_threads is; each encoder's settings add why its default is what it is.
+_LONE_PASS_THREADS = (
+    "Intra-op CPU threads of a forward pass that starts while no other runs in the process (a lone "
+    "request), never fewer than a lane's; 0: every lane's threads. "
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
     """Options every gRPC service has."""
@@ -89,10 +96,10 @@ class EncoderSettings(ServerSettings):
     )
     lone_pass_threads: int = option(
         1,
-        "Intra-op CPU threads of a forward pass that starts while no other runs in the process (a lone "
-        "request), never fewer than a lane's; 0: every lane's threads. One by default (a lane's share): "
-        "text on onnxruntime did ~8 % less at concurrency 8 with 0 (a pass beside a two-thread one runs "
-        "three threads on two CPUs), though a lone sentence was ~1 ms faster.",
+        _LONE_PASS_THREADS
+        + "One by default (a lane's share): text on onnxruntime did ~8 % less at concurrency 8 with 0 (a "
+        "pass beside a two-thread one runs three threads on two CPUs), though a lone sentence was ~1 ms "
+        "faster.",
     )
     max_batch_size: int = option(32, "Most items in one forward pass.")
     max_wait_ms: float = option(0.0, "Extra wait for a fuller batch when the model is idle.")
@@ -155,10 +162,9 @@ class VisionSettings(EncoderSettings):
     top_k: int = option(5, "Default number of labels Classify returns.")
     lone_pass_threads: int = option(
         0,
-        "Intra-op CPU threads of a forward pass that starts while no other runs in the process (a lone "
-        "request), never fewer than a lane's; 0: every lane's threads. 0 by default: on onnxruntime a "
-        "lone image through the gateway took 14.7-15.3 ms (p50) on two threads against 17.7-18.2 on one, "
-        "with concurrency 8 unchanged.",
+        _LONE_PASS_THREADS
+        + "0 by default: on onnxruntime a lone image through the gateway took 14.7-15.3 ms (p50) on two "
+        "threads against 17.7-18.2 on one, with concurrency 8 unchanged.",
     )
     cpu_runtime: str = option(
         "onnxruntime",
