@@ -17,6 +17,7 @@ from gateway.api.v1 import BLUEPRINTS
 from gateway.api.v2 import BLUEPRINTS as V2_BLUEPRINTS
 from gateway.auth import authorized, parse_api_keys
 from gateway.body_limit import BODY_ERROR, BodyLimit
+from gateway.deferred import DeferredWork
 from gateway.encoding import json_response
 from gateway.endpoints import GatewayState, install_state, operations
 from gateway.errors import ApiError, from_http_exception
@@ -36,6 +37,24 @@ _PROTECTED_PREFIXES = ("/v1/", "/v2")
 _OPEN_PREFIX = "/v2/health/"
 
 
+class _RequestRecord:
+    """What the hooks keep about the request being answered (one object in ``g``, read once per hook)."""
+
+    __slots__ = ("began", "request_id", "tokens", "admitted")
+
+    def __init__(self, began: float, request_id: str, tokens: tuple) -> None:
+        self.began = began
+        self.request_id = request_id
+        self.tokens = tokens  # to reset the request id and deadline context variables
+        self.admitted: int | None = None  # bytes held in the in-flight budget
+
+
+def _log_access(route: str, method: str, status: int, seconds: float, request_id: str, at: float) -> None:
+    fields = {"route": route, "method": method, "status": status, "duration_ms": round(seconds * 1000, 2)}
+    # Written after the response (gateway.deferred): the line carries its request's id and time.
+    _ACCESS_LOG.info("request", extra={"fields": fields, "request_id": request_id, "event_time": at})
+
+
 def create_app(settings: GatewaySettings | None = None, registry: CollectorRegistry | None = None) -> Flask:
     """A gateway app with its own gRPC channels; call it in each worker process, after the fork.
 
@@ -45,7 +64,8 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
     """
     settings = settings or GatewaySettings()
     tracing.configure("gateway")  # before the channels: their interceptors depend on it
-    metrics = GatewayMetrics(registry)
+    deferred = DeferredWork()  # metric updates and access-log lines, off the request thread
+    metrics = GatewayMetrics(registry, deferred)
     budget = InFlightBudget(settings.max_in_flight_bytes)
     app = Flask(__name__, static_folder=None)
     tracing.instrument_flask(app)
@@ -71,26 +91,29 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
 
     @app.before_request
     def start_request() -> None:
-        g.began = time.perf_counter()
-        g.request_id = sanitize_request_id(request.headers.get("X-Request-ID"))
-        g.tokens = (
-            request_id_var.set(g.request_id),
+        began = time.perf_counter()
+        current = request._get_current_object()  # one proxy lookup, not one per attribute read
+        request_id = sanitize_request_id(current.headers.get("X-Request-ID"))
+        tokens = (
+            request_id_var.set(request_id),
             request_deadline.set(time.monotonic() + settings.deadline_s),
         )
-        tracing.set_request_id(g.request_id)
-        metrics.in_flight.inc()
-        body_error = request.environ.get(BODY_ERROR)
+        metrics.request_started()
+        g.record = record = _RequestRecord(began, request_id, tokens)
+        tracing.set_request_id(request_id)
+        body_error = current.environ.get(BODY_ERROR)
         if body_error is not None:  # too large or unreadable, found before the app saw the request
             raise body_error
-        size = request.content_length or 0
+        size = current.content_length or 0
         if not budget.admit(size):
             raise ApiError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the gateway is busy with {budget.used} bytes of requests (budget "
                 f"{settings.max_in_flight_bytes}); retry later",
             )
-        g.admitted = size
-        protected = request.path.startswith(_PROTECTED_PREFIXES) and not request.path.startswith(_OPEN_PREFIX)
+        record.admitted = size
+        path = current.path
+        protected = path.startswith(_PROTECTED_PREFIXES) and not path.startswith(_OPEN_PREFIX)
         if api_keys and protected and not authorized(api_keys):
             raise ApiError(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -100,36 +123,32 @@ def create_app(settings: GatewaySettings | None = None, registry: CollectorRegis
 
     @app.after_request
     def finish_request(response: Response) -> Response:
-        began = g.get("began")
-        if began is None:  # before_request never ran (it failed itself): nothing to account for
+        record = g.get("record")
+        if record is None:  # before_request never ran (it failed itself): nothing to account for
             return response
-        response.headers["X-Request-ID"] = g.request_id
+        response.headers["X-Request-ID"] = record.request_id
+        current = request._get_current_object()
         # The URL rule, never the raw path: bounded label values whatever clients send.
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        elapsed = time.perf_counter() - began
+        route = current.url_rule.rule if current.url_rule is not None else "unmatched"
+        elapsed = time.perf_counter() - record.began
         status = response.status_code
-        metrics.requests.labels(route, request.method, str(status)).inc()
-        metrics.duration.labels(route, request.method).observe(elapsed)
+        metrics.request_answered(route, current.method, status, elapsed)
         if _ACCESS_LOG.isEnabledFor(logging.INFO):
-            fields = {
-                "route": route,
-                "method": request.method,
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 2),
-            }
-            _ACCESS_LOG.info("request", extra={"fields": fields})
+            deferred.later(
+                _log_access, route, current.method, status, elapsed, record.request_id, time.time()
+            )
         return response
 
     @app.teardown_request
     def end_request(_exc: BaseException | None) -> None:
-        admitted = g.pop("admitted", None)
-        if admitted is not None:
-            budget.release(admitted)
-        tokens = g.pop("tokens", None)
-        if tokens is not None:
-            metrics.in_flight.dec()
-            request_id_var.reset(tokens[0])
-            request_deadline.reset(tokens[1])
+        record = g.pop("record", None)
+        if record is None:
+            return
+        if record.admitted is not None:
+            budget.release(record.admitted)
+        metrics.request_ended()
+        request_id_var.reset(record.tokens[0])
+        request_deadline.reset(record.tokens[1])
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> Response:

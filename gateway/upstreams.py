@@ -90,10 +90,8 @@ class Upstreams:
                 lambda texts: self._call_now("text", "Embed", text_pb2.EmbedTextRequest(texts=texts)),
                 max_items=settings.text_merge_max_items,
                 max_in_flight=settings.text_merge_in_flight,
-                observe_call=lambda code, seconds: metrics.upstream.labels("text", "Embed", code).observe(
-                    seconds
-                ),
-                observe_merged=metrics.merged_requests.observe,
+                observe_call=lambda code, seconds: metrics.upstream_answered("text", "Embed", code, seconds),
+                observe_merged=metrics.requests_merged,
             )
             if settings.text_merge_in_flight > 0
             else None
@@ -131,7 +129,7 @@ class Upstreams:
             code = error.code().name if hasattr(error, "code") else "UNKNOWN"
             raise from_rpc_error(error, service) from None
         finally:
-            self._metrics.upstream.labels(service, method, code).observe(time.perf_counter() - began)
+            self._metrics.upstream_answered(service, method, code, time.perf_counter() - began)
 
     def start(self, service: str, method: str, request) -> Pending:
         """Starts a call without waiting, so independent calls run in parallel."""
@@ -143,7 +141,7 @@ class Upstreams:
         def observe(done: grpc.Future) -> None:
             code = done.code()
             name = code.name if code is not None else "UNKNOWN"
-            self._metrics.upstream.labels(service, method, name).observe(time.perf_counter() - began)
+            self._metrics.upstream_answered(service, method, name, time.perf_counter() - began)
 
         future.add_done_callback(observe)
         return Pending(future, service)

@@ -32,15 +32,18 @@ class JsonFormatter(logging.Formatter):
         self._service = service
 
     def format(self, record: logging.LogRecord) -> str:
+        # A line written after its event (the gateway's deferred access log) carries the event's
+        # time and request id itself.
+        created = getattr(record, "event_time", record.created)
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+            + f".{int(created % 1 * 1000):03d}Z",
             "level": record.levelname,
             "service": self._service,
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = request_id_var.get()
+        request_id = getattr(record, "request_id", None) or request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
         fields = getattr(record, "fields", None)

@@ -21,7 +21,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.stack import ServiceProcess, start_service
-from tests.support.metrics import sample_value, scrape
+from tests.support.metrics import eventually, sample_value, scrape, settled
 from tests.support.traffic import post_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -183,11 +183,12 @@ def test_readiness_request_id_and_metrics_move_with_traffic(gateway: str) -> Non
         "mmserve_upstream_request_duration_seconds_count",
         (("code", "OK"), ("method", "Embed"), ("service", "text")),
     )
+    counted = (requests_key, duration_key, upstream_key)
     before = scrape()
     for _ in range(5):
         ok(gateway + "/v1/embed/text", {"texts": ["count me"]})
-    after = scrape()
-    for key in (requests_key, duration_key, upstream_key):
+    after = eventually(scrape, lambda now: all(now.get(k, 0) - before.get(k, 0) >= 5 for k in counted))
+    for key in counted:
         assert after[key] - before.get(key, 0) >= 5, key
     assert after[("mmserve_http_requests_in_flight", ())] >= 1  # this scrape itself is in flight
     # Route labels are URL rules: a probe of random paths adds one "unmatched" series, not one per path.
@@ -208,14 +209,16 @@ def test_concurrent_sentences_share_text_calls_and_keep_their_own_vectors(gatewa
             sample_value(families, "mmserve_upstream_merged_requests_count"),
         )
 
-    requests_before, calls_before = merged_so_far()
+    requests_before, calls_before = settled(merged_so_far)
     with ThreadPoolExecutor(len(sentences)) as pool:
         replies = list(
             pool.map(
                 lambda s: ok(gateway + "/v1/embeddings", {"input": s, "encoding_format": "float"}), sentences
             )
         )
-    requests_after, calls_after = merged_so_far()
+    requests_after, calls_after = eventually(
+        merged_so_far, lambda now: now[0] - requests_before >= len(sentences)
+    )
     for sentence, reply in zip(sentences, replies, strict=True):
         np.testing.assert_allclose(reply["data"][0]["embedding"], alone[sentence], atol=1e-5)
     # Every request was answered by some call, and fewer calls than requests went to the encoder.

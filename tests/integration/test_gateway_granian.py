@@ -16,6 +16,7 @@ import pytest
 
 from scripts.stack import ServiceProcess, start_service
 from tests.integration.test_gateway_process import requests_counted
+from tests.support.metrics import eventually
 
 HEAD_TIMEOUT_S = 1.0
 MAX_BODY_BYTES = 64 * 1024
@@ -82,7 +83,10 @@ def test_every_workers_requests_are_counted_in_one_scrape(granian_gateway: Servi
     body = json.dumps({"input": "count me"}).encode()
     for _ in range(12):  # new connections each: granian spreads them over both workers
         assert post(granian_gateway.url + "/v1/embeddings", body)[0] == 200
-    assert requests_counted(granian_gateway.url, "/v1/embeddings", "200") - before == 12
+    counted = eventually(
+        lambda: requests_counted(granian_gateway.url, "/v1/embeddings", "200"), lambda n: n - before >= 12
+    )
+    assert counted - before == 12
 
 
 def test_bad_and_oversized_bodies_get_the_error_shape(granian_gateway: ServiceProcess) -> None:

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.stack import start_service
+from tests.support.metrics import eventually
 from tests.support.traffic import post_json
 
 DEAD = "127.0.0.1:1"
@@ -44,7 +45,10 @@ def test_metrics_add_up_across_workers_and_sigterm_exits_cleanly(tmp_path: Path)
         assert all(o.retry_after == "1" and b"UNAVAILABLE" in o.body for o in outcomes)
         assert max(o.seconds for o in outcomes) < 2.0  # a dead backend is a fast failure, not a hang
         # One scrape sees every worker's requests, whichever worker answers it.
-        assert requests_counted(gateway.url, "/v1/embed/text", "503") == 20
+        counted = eventually(
+            lambda: requests_counted(gateway.url, "/v1/embed/text", "503"), lambda n: n >= 20
+        )
+        assert counted == 20
     finally:
         assert gateway.stop() == 0, gateway.log_tail()
 
