@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import os
 
-# Set before grpc initialises: the tests fork service processes while their own gRPC channels
-# are open, and gRPC's fork handlers can abort a child between fork and exec.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+import scripts  # noqa: F401 - before grpc initialises: gRPC's fork handlers off (see scripts/__init__.py)
 
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+# isort: split
+from collections.abc import Iterator
+from pathlib import Path
 
-import grpc  # noqa: E402
-import pytest  # noqa: E402
+import grpc
+import pytest
 
-from scripts.stack import ServiceProcess, start_service  # noqa: E402
+from scripts.stack import ServiceProcess, start_service
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
