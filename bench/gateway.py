@@ -2,8 +2,9 @@
 p50, p99) through gateway -> gRPC encoder, with one item per request (and, for text, also 8, to
 show the per-request cost amortised), next to, measured in the same run:
 
-- the in-process forward of the same model (the ceiling: batch = concurrency x items up to the
-  encoder's 32, and the latency of one forward at batch 1), and
+- the in-process forward of the same model (batch = concurrency x items up to the encoder's 32,
+  and the ceiling, the better of batch 16 and 32), measured right before each concurrency level,
+  and the latency of one forward at batch 1, and
 - a naive single-process Flask app that holds the model and runs one forward per request in
   the request thread (what a first prototype would do).
 
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -80,6 +81,7 @@ def client_cpu_seconds() -> float:
 class Measured:
     load: LoadResult
     cpu_ms: dict[str, float]  # per request, by process role
+    in_process: dict[int, float] = field(default_factory=dict)  # batch -> items/s, just before this level
 
 
 # --- the load generator --------------------------------------------------------------------------
@@ -155,20 +157,25 @@ def measure(
     servers: dict[str, int],
     items_per_request: int,
     min_rounds: int = 0,
+    in_process: Callable[[int], dict[int, float]] | None = None,
 ) -> list[Measured]:
     """Each concurrency in turn, with the CPU each server process (and the client) spent on it.
     Each level sends at least ``min_rounds`` x its concurrency requests: the first and last round
-    ramp up and down, so a short run at concurrency 32 reads low."""
+    ramp up and down, so a short run at concurrency 32 reads low. ``in_process(concurrency)``, the
+    in-process rates to compare the level with, is measured right before it, while the servers are
+    idle: the machine's speed drifts within minutes, so a baseline measured once at the start
+    would be compared with levels run in another window."""
     results = []
     run_http_load(url, bodies, 8, 32, "warm-up")
     for concurrency in CONCURRENCIES:
+        baseline = in_process(concurrency) if in_process is not None else {}
         sent = max(requests, min_rounds * concurrency)
         before = {role: cpu_seconds(pid) for role, pid in servers.items()}
         client_before = client_cpu_seconds()
         load = run_http_load(url, bodies, concurrency, sent, label, items_per_request)
         cpu = {role: (cpu_seconds(pid) - before[role]) * 1000 / sent for role, pid in servers.items()}
         cpu["client"] = (client_cpu_seconds() - client_before) * 1000 / sent
-        results.append(Measured(load, cpu))
+        results.append(Measured(load, cpu, baseline))
     return results
 
 
@@ -262,13 +269,14 @@ def rounds(kind: str, items_per_request: int) -> int:
 def bench_kind(kind: str, requests: int, items_per_request: Sequence[int], log_dir: Path) -> None:
     forward = text_forward() if kind == "text" else vision_forward()
     items = SENTENCES if kind == "text" else sample_images()
-    # The in-process ceiling runs first, while no server is busy, so neither slows the other. The
-    # encoder batches at most 32 items (its default max_batch_size), so that is the best batch.
-    # 16 and 32 too: issue #13's ceiling is the better of the two, whatever the concurrency.
-    batches = {min(c * k, 32) for c in CONCURRENCIES for k in items_per_request} | {16, 32}
-    ceiling = {b: measure_in_process(forward, items, b) for b in sorted(batches)}
     forward_ms = forward_p50_ms(forward, items)
-    del forward
+
+    def in_process(k: int) -> Callable[[int], dict[int, float]]:
+        # The batch a level's requests could fill, and the ceiling: the better of 16 and 32 (the
+        # encoder batches at most 32 items, its default max_batch_size), whatever the concurrency.
+        return lambda concurrency: {
+            b: measure_in_process(forward, items, b) for b in sorted({min(concurrency * k, 32), 16, 32})
+        }
 
     served: dict[int, list[Measured]] = {}
     naive: dict[int, list[Measured]] = {}
@@ -288,7 +296,7 @@ def bench_kind(kind: str, requests: int, items_per_request: Sequence[int], log_d
         for k in items_per_request:
             served[k] = measure(
                 gateway.url + ROUTES[kind], payloads(kind, k), requests // k, "gateway", servers, k,
-                min_rounds=rounds(kind, k),
+                min_rounds=rounds(kind, k), in_process=in_process(k),
             )  # fmt: skip
     finally:
         if gateway is not None:
@@ -312,7 +320,7 @@ def bench_kind(kind: str, requests: int, items_per_request: Sequence[int], log_d
         naive_process.wait(20)
 
     for k in items_per_request:
-        report(kind, k, served[k], naive[k], ceiling)
+        report(kind, k, served[k], naive[k])
     through = served[items_per_request[0]][0].load.percentile_ms(50)
     print(
         f"\nconcurrency 1, p50: forward {forward_ms:.2f} ms in-process; {direct_ms:.2f} ms straight to the "
@@ -323,25 +331,24 @@ def bench_kind(kind: str, requests: int, items_per_request: Sequence[int], log_d
     sys.stdout.flush()
 
 
-def report(
-    kind: str, k: int, served: list[Measured], naive: list[Measured], ceiling: dict[int, float]
-) -> None:
+def report(kind: str, k: int, served: list[Measured], naive: list[Measured]) -> None:
     per_request = f"{k} item{'s' * (k > 1)} per request"
-    top = max(ceiling[16], ceiling[32])
     rows = []
     for ours, simple in zip(served, naive, strict=True):
         r, s, c = ours.load, simple.load, ours.load.concurrency
-        best = ceiling[min(c * k, 32)]
+        best = ours.in_process[min(c * k, 32)]
+        top = max(ours.in_process[16], ours.in_process[32])
         rows.append(
             [c, r.items_per_s, r.percentile_ms(50), r.percentile_ms(99), s.items_per_s, s.percentile_ms(50),
-             s.percentile_ms(99), best, f"{r.items_per_s / s.items_per_s:.2f}" if s.items_per_s else "-",
+             s.percentile_ms(99), best, top, f"{r.items_per_s / s.items_per_s:.2f}" if s.items_per_s else "-",
              f"{r.items_per_s / best:.2f}", f"{r.items_per_s / top:.2f}", r.errors + s.errors]
         )  # fmt: skip
     print_table(
         f"{ROUTES[kind]}, {per_request}: gateway -> gRPC {kind} encoder vs naive in-process Flask vs in-process "
-        f"forward (at batch = min(concurrency x items, 32); ceiling: the better of batch 16 and 32, {top:.1f}/s)",
+        "forward, measured right before each level (at batch = min(concurrency x items, 32); ceiling: the "
+        "better of batch 16 and 32)",
         ["concurrency", "gw items/s", "gw p50 ms", "gw p99 ms", "naive items/s", "naive p50 ms", "naive p99 ms",
-         "forward items/s", "gw/naive", "gw/forward", "gw/ceiling", "errors"],
+         "forward items/s", "ceiling items/s", "gw/naive", "gw/forward", "gw/ceiling", "errors"],
         rows,
     )  # fmt: skip
     cpu = [
