@@ -16,7 +16,7 @@ import pytest
 
 from scripts.stack import ServiceProcess, start_service
 from tests.integration.test_gateway_process import requests_counted
-from tests.support.metrics import eventually
+from tests.support.metrics import eventually, settled
 
 HEAD_TIMEOUT_S = 1.0
 MAX_BODY_BYTES = 64 * 1024
@@ -79,7 +79,7 @@ def test_granian_serves_the_same_embeddings_as_gunicorn(
 
 
 def test_every_workers_requests_are_counted_in_one_scrape(granian_gateway: ServiceProcess) -> None:
-    before = requests_counted(granian_gateway.url, "/v1/embeddings", "200")
+    before = settled(lambda: requests_counted(granian_gateway.url, "/v1/embeddings", "200"))
     body = json.dumps({"input": "count me"}).encode()
     for _ in range(12):  # new connections each: granian spreads them over both workers
         assert post(granian_gateway.url + "/v1/embeddings", body)[0] == 200

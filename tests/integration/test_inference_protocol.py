@@ -151,6 +151,7 @@ def test_errors_have_the_protocol_shape_and_the_apis_statuses(client, gateway: S
     )
     assert short.status == 400 and "needs 2" in json.loads(short.body)["error"]
     # The route is labelled by its URL rule, whatever the model name.
+    time.sleep(0.3)  # each gateway worker applies its requests' metrics every 0.1 s (gateway/deferred.py)
     metrics = post_json(gateway.url + "/metrics", None).body.decode()
     assert 'route="/v2/models/<path:name>/infer"' in metrics and "no-such-model" not in metrics
 
