@@ -17,7 +17,8 @@ from mmserve.v1 import common_pb2, fusion_pb2, fusion_pb2_grpc
 from scripts.stack import ServiceProcess
 from services.fusion.heads import MANIFEST_FILE, WEIGHTS_FILE, load_head
 from services.fusion.strategies import build_model
-from tests.integration.test_fusion_service import encoder_embeddings, inputs_of, served_heads, wait_until
+from tests.integration.test_fusion_service import encoder_embeddings, inputs_of, served_heads
+from tests.support.polling import wait_until
 from tests.support.traffic import post_json
 
 pytestmark = pytest.mark.slow

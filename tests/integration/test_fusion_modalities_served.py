@@ -19,7 +19,8 @@ import pytest
 
 from mmserve.v1 import fusion_pb2, fusion_pb2_grpc
 from scripts.stack import ServiceProcess, free_port, start_service
-from tests.integration.test_fusion_service import served_heads, wait_until
+from tests.integration.test_fusion_service import served_heads
+from tests.support.polling import wait_until
 from tests.support.traffic import post_json
 from training.demo_data import draw_sound, wav_bytes
 from training.embedders import GrpcEmbedder

@@ -15,17 +15,9 @@ from mmserve.v1 import fusion_pb2, fusion_pb2_grpc, text_pb2, text_pb2_grpc, vis
 from scripts.stack import ServiceProcess, start_service
 from services.common.matrix import from_matrix
 from services.fusion.heads import load_head
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(predicate, timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def served_heads(stub) -> set[str]:

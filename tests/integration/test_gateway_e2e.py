@@ -21,7 +21,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.stack import ServiceProcess, start_service
-from tests.support.metrics import eventually, sample_value, scrape, settled
+from tests.support.metrics import sample_value, scrape
+from tests.support.polling import eventually, settled
 from tests.support.traffic import post_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

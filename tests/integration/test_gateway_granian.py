@@ -16,7 +16,7 @@ import pytest
 
 from scripts.stack import ServiceProcess, start_service
 from tests.integration.test_gateway_process import requests_counted
-from tests.support.metrics import eventually, settled
+from tests.support.polling import eventually, settled
 
 HEAD_TIMEOUT_S = 1.0
 MAX_BODY_BYTES = 64 * 1024

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.stack import start_service
-from tests.support.metrics import eventually
+from tests.support.polling import eventually
 from tests.support.traffic import post_json
 
 DEAD = "127.0.0.1:1"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gateway.deferred import DeferredWork
 from services.common.logs import JsonFormatter
-from tests.support.metrics import eventually
+from tests.support.polling import eventually
 
 THREAD_NAME = "gateway-deferred-work"
 

@@ -14,6 +14,7 @@ from gateway.errors import ApiError, from_rpc_error
 from gateway.text_merging import TextEmbedMerger, merged_request_id
 from mmserve.v1 import text_pb2, text_pb2_grpc
 from services.common.matrix import from_matrix, to_matrix
+from tests.support.polling import wait_until
 
 
 def vector(text: str) -> list[float]:
@@ -98,13 +99,6 @@ def in_threads(merger: TextEmbedMerger, requests: list[list[str]], deadline_s: f
     for thread in threads:
         thread.start()
     return outcomes, threads
-
-
-def wait_until(condition, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def hold_first_call(servicer: RecordingTextService, merger: TextEmbedMerger):
