@@ -23,8 +23,6 @@ import argparse
 import base64
 import http.client
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,15 +36,21 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from bench.encoders import SENTENCES, sample_images
-from bench.load import LoadResult, measure_in_process, print_table, text_forward, vision_forward
-from scripts.procfs import children
+from bench.load import (
+    LoadResult,
+    client_cpu_seconds,
+    cpu_seconds,
+    measure_in_process,
+    print_table,
+    text_forward,
+    vision_forward,
+)
 from scripts.stack import free_port, start_service
 
 CONCURRENCIES = (1, 8, 32)
 # Single-sentence runs, fast enough to afford it: at least 40 rounds of each concurrency.
 SINGLE_TEXT_ROUNDS = 40
 ROUTES = {"text": "/v1/embed/text", "vision": "/v1/embed/image"}
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def payloads(kind: str, items_per_request: int = 1) -> list[bytes]:
@@ -59,22 +63,6 @@ def payloads(kind: str, items_per_request: int = 1) -> list[bytes]:
         json.dumps({field: [pool[(i + j) % len(pool)] for j in range(items_per_request)]}).encode()
         for i in range(len(pool))
     ]
-
-
-# --- CPU accounting ------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its descendants (a gunicorn master and its workers)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-    return own + sum(cpu_seconds(child) for child in children(pid))
-
-
-def client_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass(frozen=True)

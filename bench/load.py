@@ -8,11 +8,17 @@ possible from the server it measures.
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from scripts.procfs import children
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,20 @@ async def run_load(
     return LoadResult(
         label, concurrency, requests, counts["items"], counts["errors"], seconds, np.array(latencies)
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its descendants (a gunicorn master and its workers)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def client_cpu_seconds() -> float:
+    """User + system CPU of this process: the load generator's own cost."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure_in_process(

@@ -11,8 +11,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.gateway import ROUTES, cpu_seconds, payloads, run_http_load
-from bench.load import print_table
+from bench.gateway import ROUTES, payloads, run_http_load
+from bench.load import cpu_seconds, print_table
 from gateway.__main__ import SERVERS
 from scripts.stack import start_service
 

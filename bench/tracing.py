@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.gateway import cpu_seconds, payloads, run_http_load
-from bench.load import print_table
+from bench.gateway import payloads, run_http_load
+from bench.load import cpu_seconds, print_table
 from scripts.stack import ServiceProcess, start_service
 
 CONCURRENCIES = (1, 8)
