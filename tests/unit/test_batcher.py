@@ -254,3 +254,54 @@ async def test_a_second_lane_waits_for_lane_min_items_beside_a_running_pass() ->
     await asyncio.gather(first, *few, third)
     await batcher.stop()
     assert sorted(model.batches) == [[0], [1, 2, 3]]
+
+
+class Widths:
+    """A model's pass on a lane's threads and on a lone request's: records which ran each batch."""
+
+    def __init__(self) -> None:
+        self.model = GatedModel()
+        self.ran: list[tuple[str, list[int]]] = []
+
+    def narrow(self, items: list[int]) -> list[int]:
+        self.ran.append(("lane", list(items)))
+        return self.model(items)
+
+    def lone(self, items: list[int]) -> list[int]:
+        self.ran.append(("lone", list(items)))
+        return self.model(items)
+
+
+async def test_a_lone_item_runs_on_the_lone_pass_and_no_lane_starts_beside_it() -> None:
+    widths = Widths()
+    batcher = make_batcher(widths.narrow, lanes=2, lone_process=widths.lone)
+    batcher.start()
+    widths.model.release.clear()
+    lone = asyncio.create_task(batcher.submit([0]))
+    await asyncio.sleep(0.05)  # the lone pass holds [0]
+    queued = [asyncio.create_task(batcher.submit([i])) for i in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    assert len(batcher._running) == 1, "nothing starts beside a lone pass, however much is queued"
+    widths.model.release.set()
+    assert await lone == [0]
+    assert [list(r) for r in await asyncio.gather(*queued)] == [[2], [4], [6]]
+    await batcher.stop()
+    assert widths.ran == [("lone", [0]), ("lane", [1, 2, 3])], "a pass of several items is a lane's"
+
+
+async def test_a_pass_beside_another_or_of_a_multi_item_request_runs_on_a_lanes_threads() -> None:
+    widths = Widths()
+    batcher = make_batcher(widths.narrow, lanes=2, lone_process=widths.lone)
+    batcher.start()
+    widths.model.release.clear()
+    first = asyncio.create_task(batcher.submit([0, 1]))  # two items: not a lone request
+    await asyncio.sleep(0.05)
+    beside = asyncio.create_task(batcher.submit([2]))  # one item, but a pass is running
+    await asyncio.sleep(0.05)
+    assert len(batcher._running) == 2, "a lane starts beside a pass that is not lone"
+    widths.model.release.set()
+    await asyncio.gather(first, beside)
+    later = await batcher.submit([3])  # alone again
+    await batcher.stop()
+    assert list(later) == [6]
+    assert sorted(widths.ran) == [("lane", [0, 1]), ("lane", [2]), ("lone", [3])]
