@@ -28,13 +28,13 @@ SETUPS: dict[str, dict[str, str | None]] = {
     },
     "1 lane x 2 threads, passive": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None, **_ONE_FORWARD},
     "2 lanes x 1 thread, passive": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None},
-    "2 lanes x 1 thread, lone text and image passes on one thread, short spin": {
+    "2 lanes x 1 thread, lone text and image passes on both CPUs, short spin": {
         "OMP_WAIT_POLICY": None,
         "GOMP_SPINCOUNT": SPIN_COUNT,
-        "MMSERVE_TEXT_LONE_PASS_THREADS": "1",
-        "MMSERVE_VISION_LONE_PASS_THREADS": "1",
+        "MMSERVE_TEXT_LONE_PASS_THREADS": "0",
+        "MMSERVE_VISION_LONE_PASS_THREADS": "0",
     },
-    # Lone text and image passes take both CPUs by default (lone_pass_threads 0), nothing beside them.
+    # Lone image passes take both CPUs by default (VisionSettings.lone_pass_threads 0), text ones one.
     "2 lanes x 1 thread, short spin (default)": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": SPIN_COUNT},
 }
 TEXT_ROUTE, IMAGE_ROUTE = "/v1/embed/text", "/v1/embed/image"

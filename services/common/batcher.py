@@ -13,9 +13,7 @@ barrier after each op, no threads sleeping and waking between ops), and a lane t
 process preempts stalls only its own batch. A free lane takes what is queued, so batches still
 grow with the load; beside a running pass, a lane starts only once ``lane_min_items`` are
 queued, since a pass has a fixed cost that a few short items alone do not repay (text at
-concurrency 8: 148-172 items/s with 4 against 122-127 with 1). A lone item (nothing else running
-or queued) may run on ``lone_process`` instead, on the CPUs the idle lanes leave; no lane starts
-beside it until it ends, since a pass beside it would run more threads than there are CPUs.
+concurrency 8: 148-172 items/s with 4 against 122-127 with 1).
 
 A failing batch fails only its own requests; the loop carries on. Requests whose deadline
 passed or whose caller went away are dropped before the forward pass.
@@ -75,7 +73,6 @@ class DynamicBatcher(Generic[ItemT, OutT]):
         max_batch_cost: int | None = None,
         lanes: int = 1,
         lane_min_items: int = 1,
-        lone_process: Callable[[list[ItemT]], Sequence[OutT]] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -96,8 +93,6 @@ class DynamicBatcher(Generic[ItemT, OutT]):
         self._lanes = lanes
         self._lane_min_items = max(lane_min_items, 1)
         self._running: set[asyncio.Task] = set()  # one per busy lane
-        self._lone_process = lone_process
-        self._lone: asyncio.Task | None = None  # the lone item's pass, while it runs
         self._executor = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix=f"{task}-forward")
         labels = {"model": model, "task": task}
         self._batch_size = metrics.batch_size.labels(**labels)
@@ -199,17 +194,9 @@ class DynamicBatcher(Generic[ItemT, OutT]):
                 await self._wait_for_fuller_batch(loop)
             batch = self._take_batch(loop.time())
             if batch:
-                lone = (
-                    self._lone_process is not None
-                    and not self._running
-                    and len(batch[0].items) == len(batch) == 1
-                )
-                process = self._lone_process if lone else self._process
-                lane = loop.create_task(self._run_batch(loop, batch, process))
+                lane = loop.create_task(self._run_batch(loop, batch))
                 self._running.add(lane)
                 lane.add_done_callback(self._lane_done)
-                if lone:
-                    self._lone = lane
         if self._running:
             await asyncio.wait(self._running)
 
@@ -217,22 +204,13 @@ class DynamicBatcher(Generic[ItemT, OutT]):
         """Whether a lane may start on what is queued now."""
         if not self._running:
             return True
-        if self._lone is not None:
-            return False
         return len(self._running) < self._lanes and self._queued_items >= self._lane_min_items
 
     def _lane_done(self, lane: asyncio.Task) -> None:
         self._running.discard(lane)
-        if lane is self._lone:
-            self._lone = None
         self._wakeup.set()
 
-    async def _run_batch(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        batch: list[_Request],
-        process: Callable[[list[ItemT]], Sequence[OutT]],
-    ) -> None:
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
         started = loop.time()
         items: list[ItemT] = []
         for request in batch:
@@ -241,7 +219,7 @@ class DynamicBatcher(Generic[ItemT, OutT]):
         self._batch_size.observe(len(items))
         began = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, process, items)
+            outputs = await loop.run_in_executor(self._executor, self._process, items)
             if len(outputs) != len(items):
                 raise InferenceError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
         except Exception as exc:  # noqa: BLE001 - a failing batch must not stop the loop

@@ -21,9 +21,6 @@ DTYPE_NAMES = ("float32", "float16", "bfloat16")
 GIL_SWITCH_INTERVAL_S = 0.0005
 MAX_DEFAULT_LANES = 4
 
-# A forward pass on a lane's threads, and the same on a lone request's (None: no wider).
-PassWidths = tuple[Callable[[Sequence[Any]], Any], Callable[[Sequence[Any]], Any] | None]
-
 
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
     import torch
@@ -68,27 +65,33 @@ def threads_per_lane(requested: int, lanes: int) -> int:
 
 class PassThreads:
     """Intra-op threads of each forward pass, set on the thread that runs it (under OpenMP torch's
-    thread count is a per-thread setting). A lone request's pass may take ``alone`` threads, the
-    CPUs the idle lanes leave; every other pass keeps ``beside``, its lane's share. The batcher
-    decides which pass is lone, and starts none beside it while it runs: a pass beside a wide one
-    would run more threads than there are CPUs (services/common/batcher.py)."""
+    thread count is a per-thread setting). A pass that starts while no other runs in the process
+    gets ``alone`` threads, so a lone request may use the CPUs the idle lanes leave; a pass that
+    starts beside another keeps ``beside``, its lane's share."""
 
     def __init__(self, alone: int, beside: int) -> None:
         self.alone = alone
         self.beside = beside
+        self._running = 0
+        self._lock = threading.Lock()
         self._thread = threading.local()  # the count last set on each lane thread
 
-    def widths(self, process: Callable[[Sequence[Any]], Any]) -> PassWidths:
-        """``process`` on a lane's threads, and on the lone pass's (None: no wider than a lane's)."""
+    def around(self, process: Callable[[Sequence[Any]], Any]) -> Callable[[Sequence[Any]], Any]:
+        """``process`` run with the thread count its start calls for."""
         if self.alone == self.beside:
-            return process, None
-        return self._on(self.beside, process), self._on(self.alone, process)
+            return process
 
-    def _on(self, threads: int, process: Callable[[Sequence[Any]], Any]) -> Callable[[Sequence[Any]], Any]:
         @functools.wraps(process)
         def run(items: Sequence[Any]) -> Any:
-            self._use(threads)
-            return process(items)
+            with self._lock:
+                self._running += 1
+                threads = self.alone if self._running == 1 else self.beside
+            try:
+                self._use(threads)
+                return process(items)
+            finally:
+                with self._lock:
+                    self._running -= 1
 
         return run
 
@@ -116,13 +119,6 @@ def pass_thread_counts() -> tuple[int, ...]:
     return tuple(sorted({_pass_threads.alone, _pass_threads.beside}))
 
 
-def lone_pass_threads() -> int | None:
-    """The intra-op thread count of a lone request's pass, where wider than a lane's (else None)."""
-    if _pass_threads is None or _pass_threads.alone == _pass_threads.beside:
-        return None
-    return _pass_threads.alone
-
-
 def current_pass_threads() -> int:
     """The intra-op thread count of the pass running on this thread: what a runtime with thread
     pools of its own (onnxruntime) should use, where torch reads its per-thread setting."""
@@ -133,13 +129,12 @@ def current_pass_threads() -> int:
     return _pass_threads.current()
 
 
-def pass_widths(process: Callable[[Sequence[Any]], Any], device: str) -> PassWidths:
-    """A CPU model's ``process`` on a lane's threads and on a lone pass's (``PassThreads.widths``,
-    see ``configure_threads``); a GPU model's, or one in a process that configured no torch
-    threads (ONNX), as it is, with no lone variant."""
+def widen_lone_passes(process: Callable[[Sequence[Any]], Any], device: str) -> Callable[[Sequence[Any]], Any]:
+    """A CPU model's ``process`` under this process's PassThreads (see ``configure_threads``); a
+    GPU model's, or one in a process that configured no torch threads (ONNX), as it is."""
     if _pass_threads is None or device.startswith("cuda"):
-        return process, None
-    return _pass_threads.widths(process)
+        return process
+    return _pass_threads.around(process)
 
 
 def configure_threads(torch_threads: int, lanes: int = 1, lone_pass_threads: int = 0) -> int:

@@ -17,7 +17,7 @@ import grpc
 from mmserve.v1 import common_pb2
 from services.common.backend import ModelBackend, ModelDescription
 from services.common.batcher import DynamicBatcher
-from services.common.device import forward_lanes, pass_widths
+from services.common.device import forward_lanes, widen_lone_passes
 from services.common.errors import InvalidInput, NotReady
 from services.common.metrics import ServiceMetrics
 from services.common.settings import EncoderSettings
@@ -84,10 +84,8 @@ class EncoderService:
 
     def _batcher(self, task: str, backend: ModelBackend, description: ModelDescription) -> DynamicBatcher:
         s = self._settings
-        process, lone_process = pass_widths(backend.process, description.device)
         return DynamicBatcher(
-            process,
-            lone_process=lone_process,
+            widen_lone_passes(backend.process, description.device),
             model=description.model_id,
             task=task,
             metrics=self._metrics,

@@ -9,9 +9,10 @@ sentence, 4.6 vs 5.5 and 4.6 vs 6.2 ms per sentence at 8 and 32.
 A session's intra-op thread count is fixed when it is made, while each forward lane sets its
 count per pass (services.common.device.PassThreads): one session per count the process uses,
 made at load and shared by the lanes (``run`` is thread-safe). A one-thread session runs on its
-caller's thread. A lone request's pass may take every lane's threads (lone_pass_threads, 0 for
-text and images); the batcher starts no pass beside it, so its session's threads spin between
-ops while it runs instead of sleeping (services/common/onnx_session.py).
+caller's thread. The text service runs a lone pass on one thread too (lone_pass_threads, 1): with
+a second thread lone sentences were ~1 ms faster, but passes that overlapped one another ran three
+threads on two CPUs, and concurrency 8 did ~8 % less. Images gain more from a second thread, and
+the vision service gives a lone pass both (0).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from services.common.device import current_pass_threads, lone_pass_threads, pass_thread_counts
+from services.common.device import current_pass_threads, pass_thread_counts
 from services.common.onnx_session import create_session
 
 _OPSET = 17
@@ -36,11 +37,7 @@ def onnx_forward(
     """``positional`` (inputs in ``names`` order -> one output tensor, its first axis the batch)
     as onnxruntime sessions."""
     model = _export(positional, example, names, dynamic_axes)
-    lone = lone_pass_threads()  # its session runs while no other pass does (services/common/batcher.py)
-    sessions = {
-        threads: create_session(model, "cpu", threads, spin_while_running=threads == lone)
-        for threads in pass_thread_counts()
-    }
+    sessions = {threads: create_session(model, "cpu", threads) for threads in pass_thread_counts()}
     fewest = sessions[min(sessions)]  # for a count set after load, which no session was made for
     # The exporter drops inputs the model ignores (a tokenizer's token_type_ids, say).
     wanted = {i.name for i in fewest.get_inputs()}

@@ -50,28 +50,18 @@ def runs_on_gpu(device: str) -> bool:
     return providers_for(device)[0] != CPU_PROVIDER
 
 
-def create_session(
-    model: bytes | str, device: str = "auto", threads: int = 0, spin_while_running: bool = False
-):
-    """An InferenceSession over serialized model bytes (or a file path). ``spin_while_running``:
-    for a session whose runs have the CPUs to themselves (a lone request's pass)."""
+def create_session(model: bytes | str, device: str = "auto", threads: int = 0):
+    """An InferenceSession over serialized model bytes (or a file path)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads if threads > 0 else available_cpus()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: dynamic batch sizes are expected, not warnings
-    if spin_while_running:
-        # Between ops the pool's threads spin instead of sleeping, and stop as the run returns:
-        # a lone sentence on two threads took 5.4-6.6 ms against 7.0-8.4 sleeping (one thread:
-        # 7.7-8.9), in-process, 2 alternating rounds.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-    else:
-        # Idle intra-op threads sleep instead of spinning: other threads share these CPUs (audio
-        # decoders, a second forward lane). With every session spinning, also after its runs, a
-        # text service did 10-15 % less at concurrency 8 and 32.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Idle intra-op threads sleep instead of spinning: other threads share these CPUs (audio
+    # decoders, a second forward lane). Spinning, a text service's lone two-thread passes were
+    # faster but it did 10-15 % less at concurrency 8 and 32.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(model, options, providers=providers_for(device))
     _LOGGER.info("onnxruntime providers: %s", ", ".join(session.get_providers()))
     return session

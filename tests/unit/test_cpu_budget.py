@@ -84,31 +84,37 @@ def test_forward_lanes_default_to_one_per_cpu_and_share_the_threads() -> None:
         device._pass_threads = pass_threads
 
 
-def test_a_lone_pass_runs_on_the_lone_thread_count_and_every_other_on_its_lanes() -> None:
+def test_a_pass_alone_gets_the_lone_thread_count_and_one_beside_it_its_lanes() -> None:
     torch = pytest.importorskip("torch")
     from services.common.device import PassThreads
 
-    seen: list[tuple[str, int]] = []
+    first_started, release_first = threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
 
     def process(items: list[str]) -> list[str]:
-        seen.append((items[0], torch.get_num_threads()))  # on the thread running the pass
+        seen[items[0]] = torch.get_num_threads()  # on the thread running the pass
+        if items[0] == "first":
+            first_started.set()
+            release_first.wait(10)
         return items
 
-    narrow, lone = PassThreads(alone=2, beside=1).widths(process)
-    assert lone is not None
+    run = PassThreads(alone=2, beside=1).around(process)
+    first = threading.Thread(target=run, args=(["first"],))
+    first.start()
+    assert first_started.wait(10)
+    beside = threading.Thread(target=run, args=(["beside"],))
+    beside.start()
+    beside.join(10)
+    release_first.set()
+    first.join(10)
+    later = threading.Thread(target=run, args=(["later, alone again"],))
+    later.start()
+    later.join(10)
+    assert seen == {"first": 2, "beside": 1, "later, alone again": 2}
+    assert PassThreads(alone=1, beside=1).around(process) is process  # nothing to switch
 
-    def lane() -> None:  # one lane thread: each pass sets its own count, whatever ran before
-        for run, name in ((lone, "lone"), (narrow, "beside"), (lone, "lone again")):
-            run([name])
 
-    thread = threading.Thread(target=lane)
-    thread.start()
-    thread.join(10)
-    assert seen == [("lone", 2), ("beside", 1), ("lone again", 2)]
-    assert PassThreads(alone=1, beside=1).widths(process) == (process, None)  # nothing to switch
-
-
-def test_only_cpu_models_in_a_process_that_configured_threads_get_a_lone_pass() -> None:
+def test_only_cpu_models_in_a_process_that_configured_threads_get_their_passes_widened() -> None:
     torch = pytest.importorskip("torch")
     from services.common import device
 
@@ -118,15 +124,11 @@ def test_only_cpu_models_in_a_process_that_configured_threads_get_a_lone_pass() 
     saved, threads = device._pass_threads, torch.get_num_threads()
     try:
         device._pass_threads = None  # an ONNX service never configures torch threads
-        assert device.pass_widths(process, "cpu") == (process, None)
-        assert device.lone_pass_threads() is None
+        assert device.widen_lone_passes(process, "cpu") is process
         device._pass_threads = device.PassThreads(alone=2, beside=1)
-        assert device.pass_widths(process, "cuda:0") == (process, None)  # a GPU batches, it needs no threads
-        narrow, lone = device.pass_widths(process, "cpu")
-        assert lone is not None and narrow(["a"]) == ["a"] and lone(["b"]) == ["b"]
-        assert device.lone_pass_threads() == 2
-        device._pass_threads = device.PassThreads(alone=1, beside=1)
-        assert device.lone_pass_threads() is None  # no wider than a lane's: no lone session
+        assert device.widen_lone_passes(process, "cuda:0") is process  # a GPU batches, it needs no threads
+        widened = device.widen_lone_passes(process, "cpu")
+        assert widened is not process and widened(["a"]) == ["a"]
     finally:
         device._pass_threads = saved
-        torch.set_num_threads(threads)  # the passes above set this thread's count
+        torch.set_num_threads(threads)  # the widened pass set this thread's count

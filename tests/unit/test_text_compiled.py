@@ -79,11 +79,12 @@ def test_onnxruntime_has_a_session_for_each_pass_thread_count(
 ) -> None:
     threads = PassThreads(alone=2, beside=1)
     monkeypatch.setattr(device, "_pass_threads", threads)
-    made, ran = {}, []
+    made, ran = [], []
     create = onnx_forward.create_session
 
-    def recording(model, where, count, **options):
-        session = made[count] = create(model, where, count, **options)
+    def recording(model, where, count):
+        made.append(count)
+        session = create(model, where, count)
         run = session.run
         session.run = lambda *args, **kwargs: (ran.append(count), run(*args, **kwargs))[1]
         return session
@@ -91,13 +92,6 @@ def test_onnxruntime_has_a_session_for_each_pass_thread_count(
     monkeypatch.setattr(onnx_forward, "create_session", recording)
     backend = embedder(tiny_model, "onnxruntime")
     assert sorted(made) == [1, 2]
-    # Only the lone pass's session spins between ops (the batcher runs nothing beside it).
-    spins = {
-        count: session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
-        for count, session in made.items()
-    }
-    assert spins == {1: "0", 2: "1"}
-    assert made[2].get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
     ran.clear()  # the load's own check
 
     seen: dict[int, tuple] = {}
