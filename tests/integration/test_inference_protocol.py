@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.app import create_app
 from scripts.stack import ROOT, ServiceProcess
 from services.common.settings import GatewaySettings
+from tests.support.polling import eventually
 from tests.support.traffic import post_json
 
 pytestmark = pytest.mark.slow
@@ -151,9 +152,12 @@ def test_errors_have_the_protocol_shape_and_the_apis_statuses(client, gateway: S
     )
     assert short.status == 400 and "needs 2" in json.loads(short.body)["error"]
     # The route is labelled by its URL rule, whatever the model name.
-    time.sleep(0.3)  # each gateway worker applies its requests' metrics every 0.1 s (gateway/deferred.py)
-    metrics = post_json(gateway.url + "/metrics", None).body.decode()
-    assert 'route="/v2/models/<path:name>/infer"' in metrics and "no-such-model" not in metrics
+    # Each gateway worker applies its requests' metrics every 0.1 s (gateway/deferred.py).
+    route = 'route="/v2/models/<path:name>/infer"'
+    metrics = eventually(
+        lambda: post_json(gateway.url + "/metrics", None).body.decode(), lambda m: route in m
+    )
+    assert route in metrics and "no-such-model" not in metrics
 
 
 def test_api_keys_guard_v2_but_not_its_health_probes() -> None:
