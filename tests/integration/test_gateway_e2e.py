@@ -195,8 +195,11 @@ def test_readiness_request_id_and_metrics_move_with_traffic(gateway: str) -> Non
     # Route labels are URL rules: a probe of random paths adds one "unmatched" series, not one per path.
     for path in ("/v1/a1", "/v1/b2", "/nothing/here"):
         assert post_json(gateway + path, None).status == 404
+
     def routes() -> set:
-        return {dict(labels).get("route") for name, labels in scrape() if name == "mmserve_http_requests_total"}
+        return {
+            dict(labels).get("route") for name, labels in scrape() if name == "mmserve_http_requests_total"
+        }
 
     paths = eventually(routes, lambda seen: "unmatched" in seen)  # another worker may answer the scrape
     assert "unmatched" in paths and not {"/v1/a1", "/v1/b2", "/nothing/here"} & paths
