@@ -1,7 +1,8 @@
 """``make run``: the whole stack on this machine, in the foreground; Ctrl-C stops all five.
 
 Starts text, vision and audio (default real models), fusion (serving the heads in ./heads) and the
-gateway on the default ports, waits until /readyz answers, then prints where to call it. The
+gateway, each on the ports its settings name (the defaults, or MMSERVE_<SERVICE>_PORT and
+MMSERVE_<SERVICE>_METRICS_PORT), waits until /readyz answers, then prints where to call it. The
 fine-tuned text models ``make finetune-demo`` leaves in ./models (``ner``, ``classifier``) are
 served by the text service when they are there.
 """
@@ -18,21 +19,73 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from scripts.stack import ROOT, start_stack
+from scripts.stack import ROOT, Stack, start_stack
+from services.common.settings import (
+    AudioSettings,
+    FusionSettings,
+    GatewaySettings,
+    TextSettings,
+    VisionSettings,
+    load_settings,
+)
 
-DEFAULT_PORTS = {"text": 50051, "vision": 50052, "fusion": 50053, "audio": 50054, "gateway": 8080}
+# Each service's own settings say where it listens (the README's configuration table), so the
+# same MMSERVE_* variables that move a deployed service move it here too.
+SETTINGS = {
+    "text": TextSettings,
+    "vision": VisionSettings,
+    "audio": AudioSettings,
+    "fusion": FusionSettings,
+    "gateway": GatewaySettings,
+}
 
 
-def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+def configured_ports() -> tuple[dict[str, int], dict[str, int]]:
+    """Each service's port and metrics port, from its defaults or its MMSERVE_* variables."""
+    settings = {kind: load_settings(cls) for kind, cls in SETTINGS.items()}
+    ports = {kind: each.port for kind, each in settings.items()}
+    metrics_ports = {kind: each.metrics_port for kind, each in settings.items() if kind != "gateway"}
+    return ports, metrics_ports
+
+
+class _KillNow(Exception):
+    """A second Ctrl-C or SIGTERM: stop waiting for graceful exits."""
+
+
+class _StopSignals:
+    """Ctrl-C and SIGTERM (e.g. from a supervisor): the first asks for a graceful stop, the second
+    for the rest to be killed at once; later ones are ignored."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._received)
+
+    def _received(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count == 2:
+            self.ignore()
+            raise _KillNow
+
+    @staticmethod
+    def ignore() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+
+def wait_ready(url: str, signals: _StopSignals, timeout_s: float = 120.0) -> bool:
+    """True once /readyz answers 200; False if a stop signal comes first."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not signals.count:
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
                 if response.status == 200:
-                    return
+                    return True
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)
+    if signals.count:
+        return False
     raise TimeoutError(f"{url}/readyz did not become ready in {timeout_s:.0f}s")
 
 
@@ -60,7 +113,7 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     Path(args.heads_dir).mkdir(parents=True, exist_ok=True)
 
-    print("starting text, vision, audio, fusion and gateway (logs in build/logs) ...", flush=True)
+    print(f"starting text, vision, audio, fusion and gateway (logs in {log_dir}) ...", flush=True)
     # Development: reflection on, so grpcurl can list and call the services (all on 127.0.0.1).
     dev = ["--reflection", "true"]
     extra_args = {
@@ -69,33 +122,73 @@ def main() -> None:
         "audio": dev,
         "fusion": dev,
     }
-    stack = start_stack(ports=DEFAULT_PORTS, heads_dir=args.heads_dir, log_dir=log_dir, extra_args=extra_args)
-    # Ctrl-C reaches the whole process group; SIGTERM (e.g. from a supervisor) stops us the same way.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    ports, metrics_ports = configured_ports()
     try:
-        wait_ready(stack.gateway.url)
-        body = json.dumps({"input": ["a photo of a cat", "a dog on a skateboard"]})
-        print(
-            f"\nmmserve is ready at http://localhost:{DEFAULT_PORTS['gateway']}"
-            f"  (docs: http://localhost:{DEFAULT_PORTS['gateway']}/docs)\n\n"
-            f"  curl -s localhost:{DEFAULT_PORTS['gateway']}/v1/embeddings "
-            f"-H 'Content-Type: application/json' -d '{body}'\n\n"
-            "Ctrl-C stops all five services.",
-            flush=True,
+        stack = start_stack(
+            ports=ports,
+            metrics_ports=metrics_ports,
+            heads_dir=args.heads_dir,
+            log_dir=log_dir,
+            extra_args=extra_args,
         )
-        while all(s.process.poll() is None for s in stack.services):
-            time.sleep(0.5)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # start_stack has stopped what it started
+    signals = _StopSignals()
+    try:
+        serve_in_foreground(stack, signals)
+    except _KillNow:
+        pass  # a second signal before stopping began: stop() kills at once
+    finally:
+        stop(stack, signals)
+
+
+def serve_in_foreground(stack: Stack, signals: _StopSignals) -> None:
+    """Returns on the first Ctrl-C or SIGTERM; exits with 1 if a service dies first."""
+    host = f"localhost:{stack.gateway.port}"
+    gateway = f"http://{host}"
+    if not wait_ready(stack.gateway.url, signals):
+        return
+    body = json.dumps({"input": ["a photo of a cat", "a dog on a skateboard"]})
+    metrics = ", ".join(
+        f"localhost:{service.metrics_port}/metrics ({service.kind})"
+        for service in stack.services
+        if service.metrics_port
+    )
+    print(
+        f"\nmmserve is ready at {gateway}  (docs: {gateway}/docs)\n\n"
+        f"  curl -s {host}/v1/embeddings "
+        f"-H 'Content-Type: application/json' -d '{body}'\n\n"
+        f"Prometheus metrics: {host}/metrics (gateway), {metrics}.\n"
+        "Ctrl-C stops all five services (a second Ctrl-C kills them at once).",
+        flush=True,
+    )
+    while not signals.count:
         dead = [s for s in stack.services if s.process.poll() is not None]
         for service in dead:
             print(
                 f"\n{service.kind} exited with {service.process.returncode}:\n{service.log_tail()}",
                 file=sys.stderr,
             )
-        raise SystemExit(1)
-    except KeyboardInterrupt:
-        print("\nstopping ...", flush=True)
+        if dead:
+            raise SystemExit(1)
+        time.sleep(0.1)
+
+
+def stop(stack: Stack, signals: _StopSignals) -> None:
+    """Each service gets its grace period, unless a second signal came or comes meanwhile: then
+    what is left is killed."""
+    try:
+        if signals.count < 2:
+            print("\nstopping ...", flush=True)
+            stack.stop()
+            return
+    except _KillNow:
+        pass
     finally:
-        stack.stop()
+        signals.ignore()  # the stop is done or about to be forced: nothing left to interrupt
+    print("killing what is left ...", flush=True)
+    for service in stack.services:
+        service.kill()
 
 
 if __name__ == "__main__":

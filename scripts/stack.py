@@ -161,6 +161,7 @@ def start_service(
     args: Sequence[str] = (),
     env: Mapping[str, str | None] | None = None,
     port: int | None = None,
+    metrics_port: int | None = None,
     log_dir: Path | None = None,
     wait: bool = True,
     timeout_s: float = 180.0,
@@ -168,13 +169,15 @@ def start_service(
     credentials: grpc.ChannelCredentials | None = None,
     host: str = "127.0.0.1",
 ) -> ServiceProcess:
-    """Starts one service on free ports (unless given) and, by default, waits until it serves.
-    It listens on ``host`` only: loopback unless told otherwise, never every interface."""
+    """Starts one service on free ports (unless given; a ``metrics_port`` of -1 turns its metrics
+    endpoint off) and, by default, waits until it serves. It listens on ``host`` only: loopback
+    unless told otherwise, never every interface. The gateway serves its metrics on its own port."""
     port = port or free_port()
-    metrics_port = None if kind == "gateway" else free_port()
+    metrics_port = None if kind == "gateway" else (metrics_port or free_port())
     full_args = ["--port", str(port), "--host", host]
     if metrics_port is not None:
         full_args += ["--metrics-port", str(metrics_port)]
+        metrics_port = metrics_port if metrics_port > 0 else None
     full_args += list(args)
     # Idle OpenMP threads spin only briefly (libgomp's default spin is 15x longer) unless the
     # caller says otherwise: the services share these cores, and long-spinning threads of one
@@ -226,6 +229,7 @@ class Stack:
 def start_stack(
     *,
     ports: Mapping[str, int] | None = None,
+    metrics_ports: Mapping[str, int] | None = None,
     extra_args: Mapping[str, Sequence[str]] | None = None,
     env: Mapping[str, str | None] | None = None,
     heads_dir: str | None = None,
@@ -235,6 +239,7 @@ def start_stack(
 ) -> Stack:
     """Starts text, vision and audio (loading in parallel), then fusion, then the gateway."""
     ports = ports or {}
+    metrics_ports = metrics_ports or {}
     extra_args = extra_args or {}
     started: list[ServiceProcess] = []
 
@@ -244,6 +249,7 @@ def start_stack(
             args=[*args, *extra_args.get(kind, ())],
             env=env,
             port=ports.get(kind),
+            metrics_port=metrics_ports.get(kind),
             log_dir=log_dir,
             wait=wait,
             timeout_s=timeout_s,
