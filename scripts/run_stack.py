@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.error
@@ -46,6 +47,24 @@ def configured_ports() -> tuple[dict[str, int], dict[str, int]]:
     ports = {kind: each.port for kind, each in settings.items()}
     metrics_ports = {kind: each.metrics_port for kind, each in settings.items() if kind != "gateway"}
     return ports, metrics_ports
+
+
+def ports_in_use(ports: dict[str, int], metrics_ports: dict[str, int]) -> list[str]:
+    """The wanted ports something else already listens on, each with the variable that moves it:
+    found before the models load, not after (and no gRPC server shares a port: so_reuseport is off)."""
+    wanted = [(port, f"MMSERVE_{kind.upper()}_PORT") for kind, port in ports.items()]
+    wanted += [(port, f"MMSERVE_{kind.upper()}_METRICS_PORT") for kind, port in metrics_ports.items()]
+    busy = []
+    for port, variable in wanted:
+        if port <= 0:  # 0: a free one is picked; -1: metrics off
+            continue
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(f"{port} ({variable})")
+    return busy
 
 
 class _KillNow(Exception):
@@ -109,6 +128,10 @@ def main() -> None:
     parser.add_argument("--models-dir", default=str(ROOT / "models"), help="Fine-tuned text models.")
     parser.add_argument("--log-dir", default=str(ROOT / "build" / "logs"))
     args = parser.parse_args()
+    ports, metrics_ports = configured_ports()
+    busy = ports_in_use(ports, metrics_ports)
+    if busy:
+        raise SystemExit(f"ports already in use: {', '.join(busy)}; set the variable to another port")
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     Path(args.heads_dir).mkdir(parents=True, exist_ok=True)
@@ -122,7 +145,6 @@ def main() -> None:
         "audio": dev,
         "fusion": dev,
     }
-    ports, metrics_ports = configured_ports()
     try:
         stack = start_stack(
             ports=ports,
@@ -133,6 +155,8 @@ def main() -> None:
         )
     except KeyboardInterrupt:
         raise SystemExit(130) from None  # start_stack has stopped what it started
+    except (RuntimeError, TimeoutError) as failure:  # a service exited or never served: its log says why
+        raise SystemExit(f"mmserve did not start: {failure}") from None
     signals = _StopSignals()
     try:
         serve_in_foreground(stack, signals)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -54,7 +55,8 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_make_run_serves_on_the_configured_ports_and_stops_on_signals(tmp_path: Path) -> None:
+def free_ports() -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+    """Ports for every service and its metrics, and the environment that names them."""
     ports = {kind: free_port() for kind in KINDS}
     metrics_ports = {kind: free_port() for kind in KINDS if kind != "gateway"}
     env = {
@@ -62,6 +64,11 @@ def test_make_run_serves_on_the_configured_ports_and_stops_on_signals(tmp_path: 
         **{f"MMSERVE_{kind.upper()}_PORT": str(port) for kind, port in ports.items()},
         **{f"MMSERVE_{kind.upper()}_METRICS_PORT": str(port) for kind, port in metrics_ports.items()},
     }
+    return ports, metrics_ports, env
+
+
+def test_make_run_serves_on_the_configured_ports_and_stops_on_signals(tmp_path: Path) -> None:
+    ports, metrics_ports, env = free_ports()
     launcher = subprocess.Popen(
         [sys.executable, "-m", "scripts.run_stack", "--heads-dir", str(tmp_path / "heads"),
          "--models-dir", str(tmp_path / "models"), "--log-dir", str(tmp_path / "logs")],
@@ -98,3 +105,20 @@ def test_make_run_serves_on_the_configured_ports_and_stops_on_signals(tmp_path: 
         if launcher.poll() is None:
             launcher.kill()  # its services get SIGTERM as it dies (scripts.stack sets that up)
             launcher.wait()
+
+
+def test_a_port_in_use_is_named_before_any_model_loads(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        began = time.monotonic()
+        finished = subprocess.run(
+            [sys.executable, "-m", "scripts.run_stack", "--log-dir", str(tmp_path / "logs")],
+            cwd=ROOT, env={**free_ports()[2], "MMSERVE_VISION_METRICS_PORT": str(port)},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert finished.returncode == 1
+    assert f"ports already in use: {port} (MMSERVE_VISION_METRICS_PORT);" in finished.stderr
+    assert "Traceback" not in finished.stderr and "starting" not in finished.stdout
+    assert time.monotonic() - began < 30  # told at once, not after the models load
