@@ -17,8 +17,9 @@ the vision service gives a lone pass both (0).
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -58,8 +59,23 @@ def _export(
 ) -> bytes:
     buffer = io.BytesIO()
     axes = {name: dict(axes) for name, axes in dynamic_axes.items()}
-    torch.onnx.export(
-        positional, example, buffer, input_names=list(names), output_names=["output"],
-        dynamic_axes={**axes, "output": {0: "batch"}}, opset_version=_OPSET, dynamo=False,
-    )  # fmt: skip
+    with _attention_as_plain_ops():
+        torch.onnx.export(
+            positional, example, buffer, input_names=list(names), output_names=["output"],
+            dynamic_axes={**axes, "output": {0: "batch"}}, opset_version=_OPSET, dynamo=False,
+        )  # fmt: skip
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def _attention_as_plain_ops() -> Iterator[None]:
+    """Without grad, ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` take a fused fast
+    path (``aten::_native_multi_head_attention``) that no ONNX opset has; their plain ops export.
+    The switch is process-wide, so a pass running meanwhile takes the plain ops too: the same
+    answer, a little slower, for the moment of an export."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
