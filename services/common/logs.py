@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -55,8 +56,23 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
+    """Every line the process writes to stderr is one JSON object: log records, Python warnings
+    (logger ``py.warnings``) too, and the model libraries' progress bars (drawn for terminals)
+    are off."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)
+    _no_progress_bars()
+
+
+def _no_progress_bars() -> None:
+    # A library imported later reads the variable; one already imported is told directly.
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:
+        transformers_logging.disable_progress_bar()  # and huggingface_hub's
+    elif (hub := sys.modules.get("huggingface_hub.utils")) is not None:
+        hub.disable_progress_bars()
