@@ -24,6 +24,7 @@ import numpy as np
 from services.audio.features import Segment
 from services.common.backend import ModelDescription
 from services.common.errors import FailedPrecondition
+from services.common.logs import route_library_logs
 from services.common.pooling import mean_pooled
 from services.common.settings import AudioSettings
 
@@ -148,6 +149,8 @@ def _onnx(settings: AudioSettings) -> AudioModel:
 
 def _transformers(settings: AudioSettings) -> AudioModel:
     from services.audio.transformers_backend import TransformersAudioModel
+
+    route_library_logs()  # transformers is imported just now
 
     return TransformersAudioModel(
         settings.model,

@@ -57,22 +57,27 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Every line the process writes to stderr is one JSON object: log records, Python warnings
-    (logger ``py.warnings``) too, and the model libraries' progress bars (drawn for terminals)
-    are off."""
+    (logger ``py.warnings``) and the model libraries' records too; their progress bars (drawn for
+    terminals) are off."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)
-    _no_progress_bars()
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # huggingface_hub and transformers read it at import
+    route_library_logs()
 
 
-def _no_progress_bars() -> None:
-    # A library imported later reads the variable; one already imported is told directly.
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+def route_library_logs() -> None:
+    """transformers writes its records through a stderr handler of its own, in its own format (a
+    model's load report is a multi-line table); routed to the root logger they are JSON lines.
+    Acts on the libraries already imported: called by configure_logging, and again where a
+    service imports transformers later (a backend chosen by its settings)."""
+    if (hub := sys.modules.get("huggingface_hub.utils")) is not None:
+        hub.disable_progress_bars()
     transformers_logging = sys.modules.get("transformers.utils.logging")
     if transformers_logging is not None:
-        transformers_logging.disable_progress_bar()  # and huggingface_hub's
-    elif (hub := sys.modules.get("huggingface_hub.utils")) is not None:
-        hub.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
+        transformers_logging.disable_default_handler()
+        transformers_logging.enable_propagation()

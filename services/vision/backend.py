@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from services.common.backend import ModelDescription
+from services.common.logs import route_library_logs
 from services.common.settings import VisionSettings
 from services.vision.preprocessing import Preprocessor
 
@@ -95,6 +96,8 @@ def _efficientnet(settings: VisionSettings) -> VisionModel:
 
 def _transformers(settings: VisionSettings) -> VisionModel:
     from services.vision.transformers_backend import TransformersVisionModel
+
+    route_library_logs()  # transformers is imported just now
 
     return TransformersVisionModel(
         settings.model,

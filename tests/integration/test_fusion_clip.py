@@ -17,6 +17,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPToken
 from mmserve.v1 import fusion_pb2, fusion_pb2_grpc
 from scripts.stack import start_service
 from services.common.matrix import from_matrix
+from tests.support.logs import assert_json_lines
 
 WORDS = ["a", "photo", "of", "red", "blue", "cat", "dog", "circle", "square"]
 TEXTS = ["a photo of a cat", "a blue square", "a red circle"]
@@ -93,6 +94,8 @@ def test_clip_pair_similarity_and_zero_shot_match_the_in_process_model(
         started.append(fusion)
         # The text tower is served compiled; the reference below is the eager CLIPModel.
         assert "text model CLIPTextModelWithProjection runs on onnxruntime" in text.log_path.read_text()
+        for tower in (text, vision):  # a tower loaded from the whole checkpoint: its load report is JSON too
+            assert_json_lines(tower)
         images = [png(seed) for seed in range(3)]
         with grpc.insecure_channel(fusion.address) as channel:
             stub = fusion_pb2_grpc.FusionServiceStub(channel)
