@@ -62,11 +62,11 @@ class TextClassifier:
         limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
         self._max_length = int(min(x for x in limits if x and x < 1_000_000))
         self._logits = self._eager_logits
-        if self._device.type == "cpu":
-            self._logits = (
-                compiled_forward(self._model, tokenizer, self._cpu_runtime, self._max_length)
-                or self._eager_logits
-            )
+        if self._device.type == "cpu" and (
+            compiled := compiled_forward(self._model, tokenizer, self._cpu_runtime, self._max_length)
+        ):
+            self._logits = compiled
+            self._model = None  # the compiled graph holds its own weights: not kept twice
         return ModelDescription(
             model_id=self._source,
             revision=model_revision(self._source, self._revision),

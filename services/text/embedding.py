@@ -116,10 +116,11 @@ class TextEmbedder:
         self._model = model.to(self._device, self._dtype).eval()
         self._max_length = limit
         self._first_output = self._eager_first_output
-        if self._device.type == "cpu":
-            self._first_output = (
-                compiled_forward(self._model, tokenizer, self._cpu_runtime, limit) or self._eager_first_output
-            )
+        if self._device.type == "cpu" and (
+            compiled := compiled_forward(self._model, tokenizer, self._cpu_runtime, limit)
+        ):
+            self._first_output = compiled
+            self._model = None  # the compiled graph holds its own weights: not kept twice
         return ModelDescription(
             model_id=self._model_id,
             revision=model_revision(self._source, self._revision),

@@ -57,6 +57,7 @@ def test_a_compiled_model_embeds_every_batch_shape_like_the_eager_one(
         backend = embedder(tiny_model, runtime)
     assert f"runs on {runtime}" in caplog.text
     assert backend._first_output != backend._eager_first_output
+    assert backend._model is None  # its eager weights are not kept beside the compiled graph's
     assert_same_embeddings(backend, eager)
 
 
@@ -67,7 +68,7 @@ def test_a_compiled_classifier_scores_like_the_eager_one(tiny_model: Path, runti
     )
     reference.load()
     backend.load()
-    assert backend._logits != backend._eager_logits
+    assert backend._logits != backend._eager_logits and backend._model is None
     items = [(text, 3) for text in TEXTS] + [("x " * 300, 2)]  # the last one truncated
     for got, expected in zip(backend.process(items), reference.process(items), strict=True):
         assert [label for label, _ in got] == [label for label, _ in expected]
