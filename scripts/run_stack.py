@@ -21,29 +21,13 @@ import urllib.request
 from pathlib import Path
 
 from scripts.stack import ROOT, Stack, start_stack
-from services.common.settings import (
-    AudioSettings,
-    FusionSettings,
-    GatewaySettings,
-    TextSettings,
-    VisionSettings,
-    load_settings,
-)
-
-# Each service's own settings say where it listens (the README's configuration table), so the
-# same MMSERVE_* variables that move a deployed service move it here too.
-SETTINGS = {
-    "text": TextSettings,
-    "vision": VisionSettings,
-    "audio": AudioSettings,
-    "fusion": FusionSettings,
-    "gateway": GatewaySettings,
-}
+from services.common.settings import SERVICE_SETTINGS, load_settings
 
 
 def configured_ports() -> tuple[dict[str, int], dict[str, int]]:
-    """Each service's port and metrics port, from its defaults or its MMSERVE_* variables."""
-    settings = {kind: load_settings(cls) for kind, cls in SETTINGS.items()}
+    """Each service's port and metrics port, from its own settings (the README's configuration
+    table): the same MMSERVE_* variables that move a deployed service move it here too."""
+    settings = {kind: load_settings(cls) for kind, cls in SERVICE_SETTINGS.items()}
     ports = {kind: each.port for kind, each in settings.items()}
     metrics_ports = {kind: each.metrics_port for kind, each in settings.items() if kind != "gateway"}
     return ports, metrics_ports

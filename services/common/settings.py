@@ -405,3 +405,13 @@ class GatewaySettings:
     image_url_request_timeout_s: float = option(
         8.0, "Most wall-clock time all image URLs of one request may take together."
     )
+
+
+# Each service's settings by the name the launcher, the chart and the images give the service.
+SERVICE_SETTINGS: dict[str, type] = {
+    "text": TextSettings,
+    "vision": VisionSettings,
+    "audio": AudioSettings,
+    "fusion": FusionSettings,
+    "gateway": GatewaySettings,
+}
