@@ -26,3 +26,9 @@ def assert_json_lines(service: ServiceProcess) -> None:
         except json.JSONDecodeError:
             pytest.fail(f"{service.kind} wrote a line that is not JSON: {line[:300]!r}")
         assert isinstance(record, dict) and record["service"] == service.kind, line[:300]
+
+
+def grpc_core_lines(service: ServiceProcess) -> list[str]:
+    """The lines gRPC's C core wrote to the service's log itself."""
+    text = service.log_path.read_text(errors="replace")
+    return [line for line in text.splitlines() if _GRPC_CORE_LINE.match(line)]
