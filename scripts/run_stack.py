@@ -159,7 +159,7 @@ def serve_in_foreground(stack: Stack, signals: _StopSignals) -> None:
     body = json.dumps({"input": ["a photo of a cat", "a dog on a skateboard"]})
     metrics = ", ".join(
         f"localhost:{service.metrics_port}/metrics ({service.kind})"
-        for service in stack.services
+        for service in reversed(stack.services)  # the order they start in: encoders, then fusion
         if service.metrics_port
     )
     print(
