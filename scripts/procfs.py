@@ -20,6 +20,11 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def descendants(pid: int) -> list[int]:
+    """Children, their children, and so on (gunicorn's workers under a launcher's gateway)."""
+    return [each for child in children(pid) for each in (child, *descendants(child))]
+
+
 def tree_rss_bytes(pid: int) -> int:
     """RSS of a process and its descendants (gunicorn's master and workers)."""
     return rss_bytes(pid) + sum(tree_rss_bytes(child) for child in children(pid))

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from scripts.procfs import children
+from scripts.procfs import children, descendants
 from scripts.stack import ROOT, free_port
 from tests.support.polling import eventually
 from tests.support.traffic import post_json
@@ -41,10 +41,6 @@ class Output:
     def finish(self) -> str:
         self._reader.join(10)
         return self.text
-
-
-def descendants(pid: int) -> list[int]:
-    return [grandchild for child in children(pid) for grandchild in [child, *descendants(child)]]
 
 
 def running(pid: int) -> bool:
@@ -76,7 +72,9 @@ def test_make_run_serves_on_the_configured_ports_and_stops_on_signals(tmp_path: 
     )  # fmt: skip
     output = Output(launcher)
     try:
-        ready = eventually(lambda: output.text, lambda text: "mmserve is ready" in text, timeout_s=300)
+        ready = eventually(  # or the launcher's exit, whose output says why
+            lambda: output.text, lambda text: "mmserve is ready" in text or launcher.poll() is not None, 300
+        )
         assert f"mmserve is ready at http://localhost:{ports['gateway']}" in ready, ready
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         reply = post_json(gateway + "/v1/embeddings", {"input": "served by make run"})
